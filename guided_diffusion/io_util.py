@@ -1,0 +1,221 @@
+"""
+Files: atomic writes (temporary file, then rename, so a killed run never leaves a
+truncated file under a final name), a restricted unpickler for the pickles the scripts
+read, and checkpoint loading that names the flag most likely behind a mismatch.
+"""
+
+import glob
+import io
+import os
+import pickle
+import re
+import tempfile
+
+import numpy as np
+import torch as th
+from PIL import Image
+
+from .cli import UserError, require_file
+
+TMP_MARK = ".tmp-"
+
+
+def atomic_write(path, write_fn, fsync=False):
+    """Write a file through `write_fn(binary_file)` to a temporary name, then rename it."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}{TMP_MARK}")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_fn(f)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def remove_stale_tmp(directory):
+    """Delete temporary files that a killed run left in `directory`."""
+    for path in glob.glob(os.path.join(directory, f".*{TMP_MARK}*")):
+        os.unlink(path)
+
+
+def save_torch(obj, path):
+    """torch.save, atomically and synced to disk (checkpoints)."""
+    atomic_write(path, lambda f: th.save(obj, f), fsync=True)
+
+
+def save_pickle(obj, path):
+    atomic_write(path, lambda f: pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def save_png(array, path):
+    """Save an HWC (or HW) uint8 array as a PNG file, atomically."""
+    image = Image.fromarray(np.ascontiguousarray(array))
+    atomic_write(path, lambda f: image.save(f, format="PNG"))
+
+
+def png_is_complete(path):
+    """True for a PNG file that ends with its IEND chunk (cheap check for a valid sample)."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                return False
+            f.seek(-12, os.SEEK_END)
+            return f.read(12)[4:8] == b"IEND"
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------
+# Restricted unpickling
+# ---------------------------------------------------------------------------------------
+
+_SAFE_GLOBALS = {
+    ("builtins", name)
+    for name in ("dict", "list", "tuple", "set", "frozenset", "int", "float", "complex", "str",
+                 "bytes", "bytearray", "bool", "slice", "range")
+} | {
+    ("collections", "OrderedDict"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.dtypes", "Float64DType"),
+    ("numpy.dtypes", "Float32DType"),
+    ("numpy.dtypes", "Int64DType"),
+    ("numpy.dtypes", "UInt8DType"),
+    ("_codecs", "encode"),  # numpy arrays pickled with protocol 2 store bytes this way
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _SAFE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def load_pickle(path, flag=None, what="pickle file"):
+    """
+    Load a pickle that may hold only plain containers, numbers, strings and numpy arrays.
+    A missing file or any other content is a UserError naming the flag.
+    """
+    require_file(path, flag)
+    try:
+        with open(path, "rb") as f:
+            return _RestrictedUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+            ImportError, IndexError, KeyError) as e:
+        where = f" (--{flag})" if flag else ""
+        raise UserError(f"{path!r}{where} is not a readable {what}: {e}") from None
+
+
+def loads_pickle(data):
+    return _RestrictedUnpickler(io.BytesIO(data)).load()
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------
+
+def load_state_dict(path, flag=None):
+    """Read a state_dict with `weights_only=True`; a bad file is a UserError."""
+    require_file(path, flag)
+    where = f" (--{flag})" if flag else ""
+    try:
+        state_dict = th.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for a corrupt or foreign file
+        raise UserError(f"{path!r}{where} is not a readable PyTorch checkpoint: "
+                        f"{str(e).splitlines()[0][:200]}") from None
+    if not isinstance(state_dict, dict) or not all(th.is_tensor(v) for v in state_dict.values()):
+        raise UserError(f"{path!r}{where} does not hold a model state_dict")
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def _block_index(key, prefix):
+    m = re.match(rf"{prefix}\.(\d+)\.", key)
+    return int(m.group(1)) if m else -1
+
+
+def likely_flag(model_shapes, ckpt_shapes, flag_names):
+    """
+    Guess which model flag makes a checkpoint differ from the model built from the flags.
+    `flag_names` maps roles to this model family's flag names: "width", "classes",
+    "out", "in" (e.g. {"width": "num_channels", "classes": "class_cond", "out": "learn_sigma"}).
+    """
+    def has(shapes, pattern):
+        return any(re.search(pattern, k) for k in shapes)
+
+    def shape(shapes, key):
+        return tuple(shapes[key]) if key in shapes else None
+
+    if has(model_shapes, r"^time_embed\.") != has(ckpt_shapes, r"^time_embed\."):
+        return "model_path (a diffusion checkpoint and a mean/variance model are not interchangeable)"
+    if has(model_shapes, r"^label_emb\.") != has(ckpt_shapes, r"^label_emb\."):
+        return flag_names.get("classes", "class_cond")
+    first_m, first_c = shape(model_shapes, "input_blocks.0.0.weight"), shape(ckpt_shapes, "input_blocks.0.0.weight")
+    if first_m and first_c:
+        if first_m[0] != first_c[0]:
+            return flag_names.get("width", "num_channels")
+        if first_m[1] != first_c[1]:
+            return flag_names.get("in", "in_channels")
+    out_m, out_c = shape(model_shapes, "out.2.weight"), shape(ckpt_shapes, "out.2.weight")
+    if out_m and out_c and out_m[0] != out_c[0]:
+        return flag_names.get("out", "out_channels")
+    for key in sorted(model_shapes.keys() & ckpt_shapes.keys()):
+        if "emb_layers" in key:
+            a, b = model_shapes[key][0], ckpt_shapes[key][0]
+            if a != b and max(a, b) == 2 * min(a, b):
+                return "use_scale_shift_norm"
+    resample = r"\.0\.(op|conv)\.weight$"
+    if has(model_shapes, resample) != has(ckpt_shapes, resample):
+        return "resblock_updown"
+    n_model = max(_block_index(k, "input_blocks") for k in model_shapes)
+    n_ckpt = max(_block_index(k, "input_blocks") for k in ckpt_shapes)
+    if n_model != n_ckpt:
+        return f"channel_mult / num_res_blocks / {flag_names.get('size', 'large_size')}"
+    attn_m = {k for k in model_shapes if ".qkv." in k}
+    attn_c = {k for k in ckpt_shapes if ".qkv." in k}
+    if attn_m != attn_c:
+        return "attention_resolutions"
+    return "channel_mult"
+
+
+def check_state_dict(model, state_dict, path, flag, flag_names):
+    """Raise a one-line UserError when `state_dict` does not fit `model` exactly."""
+    model_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    ckpt_shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+    missing = [k for k in model_shapes if k not in ckpt_shapes]
+    unexpected = [k for k in ckpt_shapes if k not in model_shapes]
+    reshaped = [k for k in model_shapes if k in ckpt_shapes and model_shapes[k] != ckpt_shapes[k]]
+    if not (missing or unexpected or reshaped):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (first: {', '.join(missing[:2])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:2])})")
+    if reshaped:
+        k = reshaped[0]
+        parts.append(f"{len(reshaped)} keys of another shape (first: {k} is "
+                     f"{list(ckpt_shapes[k])} in the checkpoint, {list(model_shapes[k])} in the model)")
+    guess = likely_flag(model_shapes, ckpt_shapes, flag_names)
+    raise UserError(f"checkpoint {path!r} (--{flag}) does not fit the model flags: "
+                    f"{'; '.join(parts)}; the flag that most likely differs: --{guess}")
+
+
+def load_model_weights(model, path, flag, flag_names):
+    """Load a checkpoint into `model` strictly, or fail with one line naming the likely flag."""
+    state_dict = load_state_dict(path, flag)
+    check_state_dict(model, state_dict, path, flag, flag_names)
+    model.load_state_dict(state_dict)
+    return model
