@@ -1,6 +1,6 @@
 """
-Logging for the stage scripts: messages to stdout and `log.txt`, key/value diagnostics to
-`log.txt`, `progress.csv` and TensorBoard, images to TensorBoard. Only rank 0 writes.
+Logging for the stage scripts: messages to stdout and `log.txt`; key/value diagnostics to
+`log.txt`, `progress.csv` and TensorBoard; images to TensorBoard. Only rank 0 writes.
 
     logger.configure(log_dir)
     logger.log("text")
@@ -27,13 +27,16 @@ def _to_number(value):
 
 
 class _TextOutput:
-    """Human-readable key/value tables (and messages) written to a stream."""
+    """Messages, and optionally key/value tables, written to a stream."""
 
-    def __init__(self, stream, owns=False):
+    def __init__(self, stream, owns=False, show_kvs=True):
         self.stream = stream
         self.owns = owns
+        self.show_kvs = show_kvs
 
     def write_kvs(self, kvs, step):
+        if not self.show_kvs:
+            return
         rows = [(str(k), f"{v:<8.4g}" if isinstance(v, float) else str(v)) for k, v in kvs.items()]
         if step is not None:
             rows.insert(0, ("step", str(step)))
@@ -125,7 +128,9 @@ class Logger:
         self.warned = set()
         for fmt in format_strs:
             if fmt == "stdout":
-                self.outputs[fmt] = _TextOutput(sys.stdout)
+                # The terminal gets messages; the progress bar shows the loss, and the
+                # key/value tables go to log.txt.
+                self.outputs[fmt] = _TextOutput(sys.stdout, show_kvs=False)
             elif fmt == "log":
                 self.outputs[fmt] = _TextOutput(open(os.path.join(log_dir, "log.txt"), "a"), owns=True)
             elif fmt == "csv":

@@ -1,0 +1,292 @@
+"""
+The one training loop of the project (MNIST classifiers, SR mean and variance models):
+microbatch gradient accumulation, fp16 with loss scaling, Adam/AdamW, linear lr
+annealing, stopping by step count or wall time, atomic checkpoints every
+`save_interval`, a checkpoint on SIGTERM / SIGUSR1 (cluster pre-emption), resuming with
+optimizer state, and DDP when launched under mpiexec.
+"""
+
+import contextlib
+import glob
+import os
+import re
+import signal
+import time
+
+import torch as th
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm.auto import tqdm
+
+from . import dist_util, logger
+from .cli import UserError
+from .fp16_util import INITIAL_LOG_LOSS_SCALE, MixedPrecisionTrainer
+from .io_util import load_state_dict, save_torch
+
+CHECKPOINT_RE = re.compile(r"^model(\d+)\.pt$")
+
+
+def parse_resume_step_from_filename(filename):
+    """modelNNNNNN.pt -> NNNNNN (0 for other names)."""
+    m = CHECKPOINT_RE.match(os.path.basename(filename))
+    return int(m.group(1)) if m else 0
+
+
+def list_checkpoints(model_save_dir):
+    """The model checkpoints in a directory, sorted by step."""
+    paths = glob.glob(os.path.join(model_save_dir, "model*.pt"))
+    found = [(parse_resume_step_from_filename(p), os.path.basename(p)) for p in paths
+             if CHECKPOINT_RE.match(os.path.basename(p))]
+    return [name for _, name in sorted(found)]
+
+
+def resolve_resume_checkpoint(model_save_dir, resume_checkpoint):
+    """
+    The checkpoint file name to resume from ("" to start fresh). "latest" picks the newest.
+    Starting fresh over existing checkpoints is refused, so that no work is overwritten.
+    """
+    existing = list_checkpoints(model_save_dir) if os.path.isdir(model_save_dir) else []
+    if resume_checkpoint == "latest":
+        return existing[-1] if existing else ""
+    if resume_checkpoint:
+        if os.sep in resume_checkpoint or "/" in resume_checkpoint:
+            raise UserError(f"--resume_checkpoint {resume_checkpoint!r} should be a file name inside "
+                            f"--model_save_dir {model_save_dir!r} (for example model002000.pt)")
+        if not os.path.isfile(os.path.join(model_save_dir, resume_checkpoint)):
+            hint = f"; checkpoints there: {', '.join(existing[-3:])}" if existing else ""
+            raise UserError(f"--resume_checkpoint {resume_checkpoint!r} is not in --model_save_dir "
+                            f"{model_save_dir!r}{hint}")
+        return resume_checkpoint
+    if existing:
+        raise UserError(f"--model_save_dir {model_save_dir!r} already holds checkpoints up to {existing[-1]}; "
+                        f"pass --resume_checkpoint {existing[-1]} (or latest) to continue, "
+                        f"or choose another --model_save_dir")
+    return ""
+
+
+class TrainLoop:
+    """
+    :param model: the network (its parameters are trained).
+    :param data: an iterator of batches, each a tuple of tensors with the batch first.
+    :param loss_fn: loss_fn(model, *microbatch) -> (mean loss over the microbatch, output).
+    :param microbatch: split each batch into pieces of this size and accumulate (<= 0: off).
+    :param optimizer: "adamw" (the SR models) or "adam" (the MNIST classifier).
+    :param lr_anneal_steps: decay the lr linearly to 0 over this many steps, then stop (0: off).
+    :param max_step: stop after this many optimizer steps.
+    :param run_time: stop (with a checkpoint) after this many hours (<= 0: off).
+    :param resume_checkpoint: a file name in model_save_dir, "latest", or "".
+    :param image_fn: image_fn(step, microbatch, output), called every image_interval steps.
+    :param on_save: on_save(step), called after each checkpoint (evaluations).
+    """
+
+    def __init__(
+        self,
+        *,
+        model,
+        data,
+        loss_fn,
+        batch_size,
+        lr,
+        model_save_dir,
+        microbatch=-1,
+        weight_decay=0.0,
+        optimizer="adamw",
+        lr_anneal_steps=0,
+        use_fp16=False,
+        fp16_scale_growth=1e-3,
+        initial_lg_loss_scale=INITIAL_LOG_LOSS_SCALE,
+        max_step=100000000,
+        run_time=-1.0,
+        resume_checkpoint="",
+        log_interval=10,
+        save_interval=10000,
+        image_interval=0,
+        image_fn=None,
+        on_save=None,
+        progress=True,
+    ):
+        self.model = model
+        self.data = data
+        self.loss_fn = loss_fn
+        self.batch_size = batch_size
+        self.microbatch = microbatch if microbatch > 0 else batch_size
+        self.lr = lr
+        self.lr_anneal_steps = lr_anneal_steps
+        self.max_step = max_step
+        self.run_time = run_time
+        self.model_save_dir = model_save_dir
+        self.log_interval = log_interval
+        self.save_interval = save_interval
+        self.image_interval = image_interval
+        self.image_fn = image_fn
+        self.on_save = on_save
+        self.progress = progress
+        self.device = dist_util.dev()
+
+        if use_fp16 and self.device.type != "cuda":
+            logger.warn_once("--use_fp16 True needs a GPU; training in fp32 on the CPU")
+            use_fp16 = False
+        os.makedirs(model_save_dir, exist_ok=True)
+        resume_checkpoint = resolve_resume_checkpoint(model_save_dir, resume_checkpoint)
+        self.step = parse_resume_step_from_filename(resume_checkpoint)
+
+        self.model.to(self.device)
+        self.mp_trainer = MixedPrecisionTrainer(
+            model=self.model,
+            use_fp16=use_fp16,
+            fp16_scale_growth=fp16_scale_growth,
+            initial_lg_loss_scale=initial_lg_loss_scale,
+        )
+        if resume_checkpoint:
+            path = os.path.join(model_save_dir, resume_checkpoint)
+            logger.log(f"resuming from {path} (step {self.step})")
+            self.mp_trainer.load_state_dict(load_state_dict(path, "resume_checkpoint"))
+        dist_util.sync_params(self.mp_trainer.model_params)
+
+        opt_cls = {"adamw": th.optim.AdamW, "adam": th.optim.Adam}[optimizer]
+        # fused kernels exist for CPU and CUDA float32 parameters; they are much faster
+        # for many small tensors.
+        self.opt = opt_cls(self.mp_trainer.master_params, lr=lr, weight_decay=weight_decay, fused=True)
+        if resume_checkpoint:
+            self._load_optimizer_state()
+
+        self.use_ddp = dist_util.get_world_size() > 1
+        if self.use_ddp:
+            device_ids = [self.device] if self.device.type == "cuda" else None
+            self.ddp_model = DDP(self.model, device_ids=device_ids, broadcast_buffers=False,
+                                 bucket_cap_mb=128)
+        else:
+            self.ddp_model = self.model
+
+        self._stop_signal = None
+        self._loss_sum = None
+        self._loss_count = 0
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def _load_optimizer_state(self):
+        path = os.path.join(self.model_save_dir, f"opt{self.step:06d}.pt")
+        if not os.path.exists(path):
+            logger.warn_once(f"no optimizer state {path}; resuming with a fresh optimizer")
+            return
+        state = th.load(path, map_location="cpu", weights_only=True)
+        if "lg_loss_scale" in state:
+            self.mp_trainer.lg_loss_scale = state.pop("lg_loss_scale")
+        self.opt.load_state_dict(state)
+
+    def save(self):
+        """Write opt{step}.pt, then model{step}.pt (the model file marks a complete checkpoint)."""
+        if dist_util.get_rank() == 0:
+            opt_state = self.opt.state_dict()
+            opt_state["lg_loss_scale"] = self.mp_trainer.lg_loss_scale
+            save_torch(opt_state, os.path.join(self.model_save_dir, f"opt{self.step:06d}.pt"))
+            save_torch(self.mp_trainer.master_params_to_state_dict(),
+                       os.path.join(self.model_save_dir, f"model{self.step:06d}.pt"))
+            logger.log(f"saved checkpoint model{self.step:06d}.pt")
+        dist_util.barrier()
+        self._last_saved = self.step
+        if self.on_save is not None:
+            self.on_save(self.step)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _end_step(self):
+        if self.lr_anneal_steps:
+            return min(self.max_step, self.lr_anneal_steps)
+        return self.max_step
+
+    def _should_stop(self, start_time):
+        """Stop on a signal or when run_time is used up; all ranks agree."""
+        stop = self._stop_signal is not None
+        if self.run_time > 0 and time.time() - start_time > self.run_time * 3600:
+            stop = True
+        if self.use_ddp:
+            flag = th.tensor(float(stop), device=self.device)
+            dist.all_reduce(flag)
+            stop = flag.item() > 0
+        return stop
+
+    def _on_signal(self, signum, frame):
+        del frame
+        self._stop_signal = signal.Signals(signum).name
+
+    def run_loop(self):
+        end_step = self._end_step()
+        if self.step >= end_step:
+            logger.log(f"nothing to do: step {self.step} >= {end_step}")
+            return
+        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGUSR1)}
+        start_time = time.time()
+        self._last_saved = self.step
+        bar = None
+        if self.progress and dist_util.get_rank() == 0:
+            bar = tqdm(total=end_step if end_step < 100000000 else None, initial=self.step,
+                       desc="train", dynamic_ncols=True, mininterval=1.0)
+        self.model.train()
+        try:
+            while self.step < end_step:
+                self.run_step(next(self.data))
+                self.step += 1
+                if bar is not None:
+                    bar.update(1)
+                if self.step % self.log_interval == 0:
+                    self._log(bar)
+                if self.step % self.save_interval == 0:
+                    self.save()
+                    self.model.train()
+                if self._should_stop(start_time):
+                    why = self._stop_signal or f"run_time {self.run_time} h used up"
+                    logger.log(f"stopping at step {self.step}: {why}")
+                    break
+            if self._last_saved != self.step:
+                self.save()
+        finally:
+            if bar is not None:
+                bar.close()
+            for s, h in handlers.items():
+                signal.signal(s, h)
+
+    def _log(self, bar):
+        if self._loss_count:
+            loss = (self._loss_sum / self._loss_count).item()
+            logger.logkv("loss", loss)
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+        self._loss_sum, self._loss_count = None, 0
+        logger.logkv("lr", self.opt.param_groups[0]["lr"])
+        logger.logkv("samples", self.step * self.batch_size * dist_util.get_world_size())
+        logger.dumpkvs(self.step)
+
+    def run_step(self, batch):
+        self._set_lr()
+        self.forward_backward(batch)
+        self.mp_trainer.optimize(self.opt)
+
+    def forward_backward(self, batch):
+        self.mp_trainer.zero_grad()
+        batch = [b.to(self.device, non_blocking=True) for b in batch]
+        n = batch[0].shape[0]
+        for i in range(0, n, self.microbatch):
+            micro = [b[i:i + self.microbatch] for b in batch]
+            share = micro[0].shape[0] / n
+            last = i + self.microbatch >= n
+            # DDP averages gradients only once, on the last microbatch.
+            sync = self.ddp_model.no_sync() if self.use_ddp and not last else contextlib.nullcontext()
+            with sync:
+                loss, output = self.loss_fn(self.ddp_model, *micro)
+                # Weight each microbatch by its share: the gradient is the whole batch's mean.
+                self.mp_trainer.backward(loss * share)
+            detached = loss.detach() * share
+            self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached
+            if last:
+                self._loss_count += 1
+            if i == 0 and self.image_fn is not None and self.image_interval > 0 \
+                    and (self.step + 1) % self.image_interval == 0 and dist_util.get_rank() == 0:
+                with th.no_grad():
+                    self.image_fn(self.step + 1, micro, output.detach())
+
+    def _set_lr(self):
+        """Linear annealing: step s (0-based) runs at lr * (1 - s / lr_anneal_steps)."""
+        if self.lr_anneal_steps:
+            for param_group in self.opt.param_groups:
+                param_group["lr"] = self.lr * (1 - self.step / self.lr_anneal_steps)
