@@ -77,6 +77,7 @@ class TrainLoop:
     :param resume_checkpoint: a file name in model_save_dir, "latest", or "".
     :param image_fn: image_fn(step, microbatch, output), called every image_interval steps.
     :param on_save: on_save(step), called after each checkpoint (evaluations).
+    :param debug_mode: also log the gradient norm and the peak GPU memory.
     """
 
     def __init__(
@@ -104,6 +105,7 @@ class TrainLoop:
         image_fn=None,
         on_save=None,
         progress=True,
+        debug_mode=False,
     ):
         self.model = model
         self.data = data
@@ -121,6 +123,7 @@ class TrainLoop:
         self.image_fn = image_fn
         self.on_save = on_save
         self.progress = progress
+        self.debug_mode = debug_mode
         self.device = dist_util.dev()
 
         if use_fp16 and self.device.type != "cuda":
@@ -255,6 +258,10 @@ class TrainLoop:
         self._loss_sum, self._loss_count = None, 0
         logger.logkv("lr", self.opt.param_groups[0]["lr"])
         logger.logkv("samples", self.step * self.batch_size * dist_util.get_world_size())
+        if self.debug_mode:
+            logger.logkv("grad_norm", self.mp_trainer.grad_norm())
+            if self.device.type == "cuda":
+                logger.logkv("max_memory_gib", th.cuda.max_memory_allocated(self.device) / 2**30)
         logger.dumpkvs(self.step)
 
     def run_step(self, batch):

@@ -1,0 +1,52 @@
+"""
+Make train_data_info.pkl and to_sample_data_info.pkl for a flat image folder.
+
+By default the evaluation list already in --out_dir (the paper's 2,000 ImageNet images,
+shipped as data/sr_imagenet/to_sample_data_info.pkl) is kept, and every other image goes
+to training. --resample yes draws a new evaluation set (num_per_class per synset, --seed).
+
+    python scripts/build_data_info.py --data_dir ../datasets/imagenet/train --out_dir data/sr_imagenet
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from guided_diffusion import logger  # noqa: E402
+from guided_diffusion.cli import create_argparser, require_file, run_main  # noqa: E402
+from guided_diffusion.io_util import save_pickle  # noqa: E402
+from sr_var.data import load_data_info  # noqa: E402
+from sr_var.data_info import build_data_info  # noqa: E402
+
+SHIPPED_EVAL_LIST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                 "data", "sr_imagenet", "to_sample_data_info.pkl")
+
+
+@run_main
+def main():
+    parser = create_argparser(dict(data_dir="", out_dir="data/sr_imagenet", num_per_class=2, seed=0,
+                                   exclude_list="", resample=False), description=__doc__)
+    args = parser.parse_args()
+    eval_path = os.path.join(args.out_dir, "to_sample_data_info.pkl")
+    exclude = []
+    if args.exclude_list:
+        with open(require_file(args.exclude_list, "exclude_list")) as f:
+            exclude = [line.strip().replace(".JPEG", "") for line in f if line.strip()]
+    eval_info = None
+    if os.path.exists(eval_path) and not args.resample:
+        eval_info = load_data_info(eval_path, "out_dir")
+        logger.log(f"keeping the evaluation list {eval_path}")
+    known = {s: v["y"] for s, v in load_data_info(SHIPPED_EVAL_LIST).items()} \
+        if os.path.exists(SHIPPED_EVAL_LIST) else None
+    train_info, eval_info = build_data_info(args.data_dir, args.num_per_class, args.seed, exclude,
+                                            eval_info, known)
+    save_pickle(train_info, os.path.join(args.out_dir, "train_data_info.pkl"))
+    if not os.path.exists(eval_path) or args.resample:
+        save_pickle(eval_info, eval_path)
+    count = lambda info: sum(len(v["file_names"]) for v in info.values())  # noqa: E731
+    logger.log(f"{count(train_info)} training and {count(eval_info)} evaluation images "
+               f"in {len(train_info)} classes -> {args.out_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""
+ImageNet-style super-resolution data: a flat `data_dir` of images named by file name
+(`n01440764_10026.JPEG`; any PIL-readable extension), a data-info pickle
+`{synset: {"y": class index, "file_names": [...]}}` choosing the images, guided-diffusion's
+centre crop, and batches of (bilinear low-res input, high-res target) made on the device.
+
+Per image, the loader does only what must be done per image (decode, crop) and hands
+uint8 tensors over; scaling, flips and resampling run batched on the device. Small data
+sets are decoded once and kept in memory.
+"""
+
+import os
+import random
+
+import numpy as np
+import torch as th
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from guided_diffusion import dist_util, logger
+from guided_diffusion.cli import UserError, require_dir
+from guided_diffusion.io_util import load_pickle
+
+IMAGE_EXTENSIONS = (".JPEG", ".jpeg", ".jpg", ".JPG", ".png", ".PNG", ".bmp", ".webp")
+
+
+class BadImageError(Exception):
+    """A listed image that is missing or cannot be decoded."""
+
+
+# ---------------------------------------------------------------------------------------
+# Data info
+# ---------------------------------------------------------------------------------------
+
+def load_data_info(path, flag="data_info_dict_path"):
+    """Load and check a data-info pickle; returns {synset: {"y": int, "file_names": [str]}}."""
+    info = load_pickle(path, flag, what="data-info pickle")
+    ok = isinstance(info, dict) and all(
+        isinstance(v, dict) and "file_names" in v and isinstance(v["file_names"], (list, tuple))
+        for v in info.values()
+    )
+    if not ok:
+        raise UserError(f"{path!r} (--{flag}) is not a data-info pickle of the form "
+                        "{synset: {'y': class index, 'file_names': [...]}}")
+    return info
+
+
+def flatten_data_info(info):
+    """[(file_name, y), ...] in the pickle's order (synsets, then their files)."""
+    return [(name, int(v.get("y", -1))) for v in info.values() for name in v["file_names"]]
+
+
+def index_data_dir(data_dir, flag="data_dir"):
+    """{file_name: path} for the images of a flat directory (one listdir)."""
+    require_dir(data_dir, flag)
+    index = {}
+    for entry in os.listdir(data_dir):
+        stem, ext = os.path.splitext(entry)
+        if ext in IMAGE_EXTENSIONS and (stem not in index or ext == ".JPEG"):
+            index[stem] = os.path.join(data_dir, entry)
+    return index
+
+
+def resolve_images(data_dir, file_names, data_info_path=None):
+    """Paths of the listed images; a missing one is a UserError that names it."""
+    index = index_data_dir(data_dir)
+    paths = []
+    for name in file_names:
+        if name not in index:
+            listed = f" (listed in {data_info_path!r})" if data_info_path else ""
+            raise UserError(f"image {name!r}{listed} is not in --data_dir {data_dir!r} "
+                            f"(looked for {name}.JPEG and other image extensions)")
+        paths.append(index[name])
+    return paths
+
+
+# ---------------------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------------------
+
+def center_crop_arr(pil_image, image_size):
+    """guided-diffusion's crop: halve with BOX while possible, BICUBIC to size, centre crop."""
+    while min(*pil_image.size) >= 2 * image_size:
+        pil_image = pil_image.resize(tuple(x // 2 for x in pil_image.size), resample=Image.BOX)
+    scale = image_size / min(*pil_image.size)
+    pil_image = pil_image.resize(tuple(round(x * scale) for x in pil_image.size), resample=Image.BICUBIC)
+    arr = np.array(pil_image)
+    crop_y = (arr.shape[0] - image_size) // 2
+    crop_x = (arr.shape[1] - image_size) // 2
+    return arr[crop_y:crop_y + image_size, crop_x:crop_x + image_size]
+
+
+def read_image(path):
+    """An RGB uint8 HWC array; BadImageError (naming the file) when it cannot be decoded."""
+    try:
+        with Image.open(path) as pil_image:
+            pil_image.load()
+            return np.array(pil_image.convert("RGB"))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise BadImageError(f"image {path!r} cannot be read: {e}") from None
+
+
+def load_image(path, image_size):
+    """The cropped image as a uint8 CHW tensor."""
+    try:
+        with Image.open(path) as pil_image:
+            pil_image.load()
+            arr = center_crop_arr(pil_image.convert("RGB"), image_size)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise BadImageError(f"image {path!r} cannot be read: {e}") from None
+    return th.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def to_float(images_uint8):
+    """uint8 [0, 255] -> float32 [-1, 1] (the same arithmetic as guided-diffusion)."""
+    return images_uint8.float() / 127.5 - 1
+
+
+def to_uint8(images):
+    """
+    float [-1, 1] -> uint8, rounding to the nearest level. (guided-diffusion and the
+    original code truncate, which lowers every stored image by half a level on average.)
+    """
+    return ((images + 1) * 127.5).round().clamp(0, 255).to(th.uint8)
+
+
+def area_downsample(images, small_size):
+    """The low-res image: area (box) averaging to small_size."""
+    return F.interpolate(images, small_size, mode="area")
+
+
+def bilinear_upsample(images, large_size):
+    """The mean/variance models' input: the low-res image resized bilinearly to large_size."""
+    return F.interpolate(images, (large_size, large_size), mode="bilinear")
+
+
+def low_res_input(high_res, small_size):
+    """Area down to small_size, then bilinear back up: the mean model's input."""
+    return bilinear_upsample(area_downsample(high_res, small_size), high_res.shape[-1])
+
+
+# ---------------------------------------------------------------------------------------
+# Datasets and loaders
+# ---------------------------------------------------------------------------------------
+
+class ImageDataset(Dataset):
+    """Decoded, cropped images as uint8 CHW tensors, with their index."""
+
+    def __init__(self, paths, image_size):
+        self.paths = paths
+        self.image_size = image_size
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, idx):
+        return load_image(self.paths[idx], self.image_size), idx
+
+
+def _raise_user_error(e):
+    """Turn a BadImageError raised in a loader worker back into a one-line UserError."""
+    message = str(e).strip().splitlines()[-1]
+    raise UserError(message.split("BadImageError: ", 1)[-1]) from None
+
+
+def iterate_images(paths, image_size, batch_size, num_workers=0, shuffle=False, sampler=None,
+                   drop_last=False, epoch_seed=0):
+    """Yield (uint8 [B,3,S,S], indices) once over `paths`."""
+    loader = DataLoader(
+        ImageDataset(paths, image_size),
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        pin_memory=th.cuda.is_available(),
+        generator=th.Generator().manual_seed(epoch_seed),
+    )
+    try:
+        yield from loader
+    except BadImageError as e:
+        _raise_user_error(e)
+    except Exception as e:  # DataLoader re-raises worker errors as their own type
+        if type(e).__name__ == "BadImageError" or "BadImageError" in str(e):
+            _raise_user_error(e)
+        raise
+
+
+def load_all_images(paths, image_size, num_workers=0, batch_size=64):
+    """Decode every image once into a uint8 [N,3,S,S] tensor (small data sets)."""
+    images = th.empty((len(paths), 3, image_size, image_size), dtype=th.uint8)
+    for batch, idx in iterate_images(paths, image_size, batch_size, num_workers):
+        images[idx] = batch
+    return images
+
+
+def training_batches(paths, *, image_size, batch_size, num_workers=4, max_cache_gb=2.0, seed=0):
+    """
+    An endless iterator of shuffled uint8 batches [B,3,S,S] for this rank (drop_last).
+    Under torch.distributed each rank sees its own shard of every epoch.
+    """
+    world, rank = dist_util.get_world_size(), dist_util.get_rank()
+    cache_gb = len(paths) * 3 * image_size * image_size / 2**30
+    if cache_gb <= max_cache_gb:
+        logger.log(f"decoding {len(paths)} images into memory ({cache_gb * 1024:.0f} MiB)")
+        images = load_all_images(paths, image_size, num_workers)
+        generator = th.Generator().manual_seed(seed)
+        epoch = 0
+        while True:
+            order = th.randperm(len(paths), generator=generator)
+            order = order[rank::world]  # the same permutation on every rank, sharded
+            for i in range(0, len(order) - batch_size + 1, batch_size):
+                yield images[order[i:i + batch_size]]
+            epoch += 1
+    else:
+        logger.log(f"streaming {len(paths)} images with {num_workers} loader workers")
+        epoch = 0
+        while True:
+            sampler = None
+            if world > 1:
+                sampler = DistributedSampler(range(len(paths)), num_replicas=world, rank=rank,
+                                             shuffle=True, seed=seed, drop_last=True)
+                sampler.set_epoch(epoch)
+            for batch, _ in iterate_images(paths, image_size, batch_size, num_workers, shuffle=True,
+                                           sampler=sampler, drop_last=True, epoch_seed=seed + epoch):
+                yield batch
+            epoch += 1
+
+
+def sr_training_pairs(uint8_batches, small_size, device, random_flip=True, seed=0):
+    """(bilinear low-res input, high-res target) float batches on the device, with random flips."""
+    generator = th.Generator(device=device).manual_seed(seed + dist_util.get_rank())
+    for batch in uint8_batches:
+        high_res = to_float(batch.to(device, non_blocking=True))
+        if random_flip:
+            flip = th.rand(high_res.shape[0], device=device, generator=generator) < 0.5
+            high_res = th.where(flip[:, None, None, None], high_res.flip(-1), high_res)
+        yield low_res_input(high_res, small_size), high_res
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    th.manual_seed(seed)

@@ -1,0 +1,112 @@
+"""
+Building the mean and variance models from flags or from the args pickles of a run
+(`mean_model_args.pkl`, `var_model_args.pkl`), with the checks that turn a contradiction
+between them, or a checkpoint that does not fit, into a one-line error.
+"""
+
+import os
+
+import torch as th
+
+from guided_diffusion import dist_util, logger
+from guided_diffusion.cli import UserError, args_to_dict
+from guided_diffusion.io_util import load_model_weights, load_pickle, save_pickle
+from guided_diffusion.script_util import (
+    MEAN_FLAG_NAMES,
+    create_mean_model,
+    create_var_model,
+    mean_model_defaults,
+    parse_channel_mult,
+    var_model_defaults,
+)
+
+# Flags of the args pickles that choose how a model runs, not what it is.
+RUNTIME_FLAGS = {"use_fp16", "use_checkpoint", "dropout"}
+
+
+def _normal_form(key, value, flags):
+    """Compare flags by meaning: "16, 8" == "16,8", channel_mult "" == its size default."""
+    if key == "attention_resolutions":
+        return tuple(int(r) for r in str(value).split(","))
+    if key == "channel_mult":
+        try:
+            return parse_channel_mult(value, flags.get("large_size"), {256: (1, 1, 2, 2, 4, 4),
+                                                                      512: (0.5, 1, 1, 2, 2, 4, 4)})
+        except ValueError:
+            return value
+    return value
+
+
+def check_flags_match(saved, args, explicit, source):
+    """Raise a UserError when a flag given on the command line contradicts `saved`."""
+    for key, saved_value in saved.items():
+        if key in RUNTIME_FLAGS or key not in explicit or not hasattr(args, key):
+            continue
+        given = getattr(args, key)
+        if _normal_form(key, given, vars(args)) != _normal_form(key, saved_value, saved):
+            raise UserError(f"--{key} {given!r} contradicts {source!r}, which has {key}={saved_value!r}; "
+                            f"drop the flag or use the run it belongs to")
+
+
+def model_args_for_run(args, explicit, kind, pickle_path, save):
+    """
+    The model flags of a run: read from `pickle_path` when it exists (checked against the
+    flags given on the command line), else taken from the command line (and saved there
+    when `save`).
+    """
+    defaults = mean_model_defaults() if kind == "mean" else var_model_defaults()
+    if os.path.exists(pickle_path):
+        saved = load_pickle(pickle_path, what=f"{kind}-model args pickle")
+        if not isinstance(saved, dict) or set(saved) - set(defaults):
+            raise UserError(f"{pickle_path!r} is not a {kind}-model args pickle "
+                            f"(expected the keys of {kind}_model_defaults())")
+        check_flags_match(saved, args, explicit, pickle_path)
+        model_args = {**defaults, **saved}
+        # Runtime flags given explicitly win over the pickle.
+        model_args.update({k: getattr(args, k) for k in RUNTIME_FLAGS & explicit})
+        logger.log(f"model flags from {pickle_path}")
+        return model_args
+    model_args = args_to_dict(args, defaults.keys())
+    if save and dist_util.get_rank() == 0:
+        save_pickle(model_args, pickle_path)
+        logger.log(f"saved model flags to {pickle_path}")
+    return model_args
+
+
+def build_model(kind, model_args):
+    try:
+        return (create_mean_model if kind == "mean" else create_var_model)(**model_args)
+    except (ValueError, TypeError, AssertionError) as e:
+        raise UserError(f"cannot build the {kind} model from its flags: {e}") from None
+
+
+def load_mean_model(mean_model_path, mean_model_args_path, device, use_fp16):
+    """The trained mean model (eval mode) that the variance stages need."""
+    if not mean_model_args_path:
+        raise UserError("--mean_model_args_path is required (the mean run's log_dir/mean_model_args.pkl)")
+    saved = load_pickle(mean_model_args_path, "mean_model_args_path", what="mean-model args pickle")
+    if not isinstance(saved, dict) or set(saved) - set(mean_model_defaults()):
+        raise UserError(f"{mean_model_args_path!r} (--mean_model_args_path) is not a mean-model args pickle")
+    model = build_model("mean", {**mean_model_defaults(), **saved})
+    if not mean_model_path:
+        raise UserError("--mean_model_path is required (a checkpoint of sr_mean_train.py)")
+    load_model_weights(model, mean_model_path, "mean_model_path", MEAN_FLAG_NAMES)
+    model.to(device).eval()
+    if use_fp16 and device.type == "cuda":
+        model.convert_to_fp16()
+    return model
+
+
+def mean_and_var_input(mean_model, low_res_up):
+    """The variance model's input [low-res, mean] and the mean itself (no gradients)."""
+    with th.no_grad():
+        mean = mean_model(low_res_up).float()
+    return th.cat([low_res_up, mean], dim=1), mean
+
+
+def use_fp16_here(use_fp16):
+    """fp16 runs on a GPU only; on a CPU warn once and use fp32."""
+    if use_fp16 and dist_util.dev().type != "cuda":
+        logger.warn_once("--use_fp16 True needs a GPU; running in fp32 on the CPU")
+        return False
+    return use_fp16

@@ -1,0 +1,241 @@
+"""
+The exact testbed: a Gaussian scale mixture prior on images, whose super-resolution
+posterior is known in closed form (SPEC.md, "Exact testbed").
+
+Prior on x (C x H x W values in [-1, 1] units): pick scale s_k with probability pi_k, then
+x ~ N(0, s_k^2 S) with S = R (x) K (x) K: a channel correlation R and a Gaussian kernel K
+over rows and over columns (stationary, unit diagonal). The low-res image is y = D x, D the
+area (box) downsampling by the SR factor. With M = S D^T (D S D^T)^-1 and C0 = S - M D S:
+
+    p(k | y)       ~ pi_k N(y; 0, s_k^2 D S D^T)
+    E[x | y]       = M y                       (the same for every k)
+    Var[x_i | y]   = E[s^2 | y] C0_ii          (its level changes from image to image)
+
+Everything factorises over channels, rows and columns, and one eigendecomposition of
+C0 = R (x) C0s makes the exact denoiser of a diffusion sampler cheap (`denoise`).
+"""
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch as th
+
+from guided_diffusion.cli import UserError
+from guided_diffusion.io_util import atomic_write, save_pickle, save_png
+
+
+@dataclass(frozen=True)
+class TestbedParams:
+    large_size: int = 32
+    small_size: int = 8
+    channels: int = 3
+    scales: tuple = (0.08, 0.16, 0.3)
+    weights: tuple = (1 / 3, 1 / 3, 1 / 3)
+    length_scale: float = 2.0  # of the Gaussian kernel, in high-res pixels
+    channel_correlation: float = 0.5
+
+    def __post_init__(self):
+        if self.large_size % self.small_size:
+            raise ValueError("large_size must be a multiple of small_size")
+        if len(self.scales) != len(self.weights) or abs(sum(self.weights) - 1) > 1e-9:
+            raise ValueError("one weight per scale, summing to 1")
+
+
+def _sym_sqrt(eigvals, eigvecs):
+    return (eigvecs * np.sqrt(np.clip(eigvals, 0, None))) @ eigvecs.T
+
+
+class GaussianScaleMixture:
+    """The testbed's prior, posterior and exact denoiser (float64 numpy / torch)."""
+
+    kind = "gaussian_scale_mixture"
+
+    def __init__(self, params=TestbedParams()):
+        self.params = p = params
+        H, f = p.large_size, p.large_size // p.small_size
+        self.factor = f
+        offsets = np.arange(H)[:, None] - np.arange(H)[None, :]
+        self.K1 = np.exp(-offsets ** 2 / (2 * p.length_scale ** 2))  # 1-D kernel (rows or columns)
+        self.A = np.kron(np.eye(p.small_size), np.full((1, f), 1 / f))  # 1-D area downsampling
+        C = p.channels
+        self.R = np.full((C, C), p.channel_correlation) + (1 - p.channel_correlation) * np.eye(C)
+
+        G = self.A @ self.K1 @ self.A.T  # 1-D D S D^T
+        self.G_inv = np.linalg.inv(G)
+        self.R_inv = np.linalg.inv(self.R)
+        self.M1 = self.K1 @ self.A.T @ self.G_inv  # 1-D M: M = I (x) M1 (x) M1
+        B1 = self.M1 @ self.A @ self.K1
+        C0s = np.kron(self.K1, self.K1) - np.kron(B1, B1)  # spatial part: C0 = R (x) C0s
+        self.lam_s, self.U_s = np.linalg.eigh(C0s)
+        self.lam_s = np.clip(self.lam_s, 0, None)
+        self.lam_r, self.U_r = np.linalg.eigh(self.R)
+        # Eigenvalues of C0, laid out [C, H*W] like the eigenvector coordinates.
+        self.lam = np.outer(self.lam_r, self.lam_s)
+        # diag(C0) as an image [C, H, W]; R has a unit diagonal.
+        self.c0_diag = np.broadcast_to(np.diag(C0s).reshape(1, H, H), (C, H, H)).copy()
+        self.K1_sqrt = _sym_sqrt(*np.linalg.eigh(self.K1))
+        self.R_sqrt = _sym_sqrt(self.lam_r, self.U_r)
+        self.C0s_sqrt = _sym_sqrt(self.lam_s, self.U_s)
+        self.log_weights = np.log(np.asarray(p.weights))
+        self.scales = np.asarray(p.scales, dtype=np.float64)
+        self._torch_cache = {}
+
+    # -- numpy: prior, posterior -----------------------------------------------------------------
+
+    def downsample(self, x):
+        """y = D x for images [..., C, H, W]."""
+        return np.einsum("ih,...chw,jw->...cij", self.A, x, self.A)
+
+    def sample_prior(self, n, rng):
+        """n images [n, C, H, W] and their mixture components."""
+        p = self.params
+        k = rng.choice(len(p.scales), size=n, p=np.asarray(p.weights))
+        z = rng.standard_normal((n, p.channels, p.large_size, p.large_size))
+        x = np.einsum("ca,hi,naij,wj->nchw", self.R_sqrt, self.K1_sqrt, z, self.K1_sqrt)
+        return x * self.scales[k][:, None, None, None], k
+
+    def log_evidence_terms(self, y):
+        """y^T (D S D^T)^-1 y for low-res images [..., C, h, w]."""
+        whitened = np.einsum("ca,ih,...ahw,jw->...cij", self.R_inv, self.G_inv, y, self.G_inv)
+        return np.sum(y * whitened, axis=(-3, -2, -1))
+
+    def component_posterior(self, y):
+        """p(k | y) for low-res images [..., C, h, w] -> [..., K]."""
+        m = y.shape[-3] * y.shape[-2] * y.shape[-1]
+        q = self.log_evidence_terms(y)[..., None]
+        log_w = self.log_weights - m * np.log(self.scales) - q / (2 * self.scales ** 2)
+        log_w -= log_w.max(axis=-1, keepdims=True)
+        w = np.exp(log_w)
+        return w / w.sum(axis=-1, keepdims=True)
+
+    def posterior_mean(self, y):
+        """E[x | y] = M y, images [..., C, H, W]."""
+        return np.einsum("hi,...cij,wj->...chw", self.M1, y, self.M1)
+
+    def posterior_variance(self, y):
+        """Var[x_i | y] = E[s^2 | y] C0_ii, images [..., C, H, W]."""
+        e_s2 = self.component_posterior(y) @ self.scales ** 2
+        return e_s2[..., None, None, None] * self.c0_diag
+
+    def sample_posterior(self, y, n, rng):
+        """n exact posterior samples [n, C, H, W] for one low-res image y [C, h, w]."""
+        p = self.params
+        k = rng.choice(len(p.scales), size=n, p=self.component_posterior(y))
+        z = rng.standard_normal((n, p.channels, p.large_size * p.large_size))
+        noise = np.einsum("ca,nai,ji->ncj", self.R_sqrt, z, self.C0s_sqrt)
+        noise = noise.reshape(n, p.channels, p.large_size, p.large_size)
+        return self.posterior_mean(y)[None] + self.scales[k][:, None, None, None] * noise
+
+    # -- torch: the exact denoiser of a diffusion sampler ----------------------------------------
+
+    def _tensors(self, device):
+        if device not in self._torch_cache:
+            t = lambda a: th.as_tensor(np.ascontiguousarray(a), dtype=th.float64, device=device)  # noqa: E731
+            self._torch_cache[device] = dict(
+                M1=t(self.M1), U_s=t(self.U_s), U_r=t(self.U_r), lam=t(self.lam), scales=t(self.scales),
+                log_weights=t(self.log_weights), R_inv=t(self.R_inv), G_inv=t(self.G_inv),
+                U_s2=t(self.U_s ** 2), U_r2=t(self.U_r ** 2),
+            )
+        return self._torch_cache[device]
+
+    def denoise(self, x_t, alpha_bar, y):
+        """
+        The exact posterior of x_0 given the noisy image and the low-res image.
+
+        :param x_t: [B, C, H, W], x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps.
+        :param alpha_bar: [B] cumulative alphas.
+        :param y: [B, C, h, w] low-res images (area-downsampled, [-1, 1] units).
+        :return: (E[x_0 | x_t, y], diag Cov[x_0 | x_t, y]), both [B, C, H, W], float64.
+        """
+        T = self._tensors(x_t.device)
+        B, C, H, W = x_t.shape
+        x_t, y = x_t.double(), y.double()
+        a = alpha_bar.double().sqrt().view(B, 1, 1, 1)
+        b2 = (1 - alpha_bar.double()).view(B, 1, 1, 1)
+        s2 = (T["scales"] ** 2).view(1, -1, 1, 1)  # [1, K, 1, 1]
+        lam = T["lam"][None, None]  # eigenvalues of C0: [1, 1, C, H*W]
+
+        def to_pixels(v):  # U v for U = U_r (x) U_s; v [..., C, H*W]
+            return th.einsum("ca,...ai,hi->...ch", T["U_r"], v, T["U_s"])
+
+        # p(k | y)
+        m = y.shape[1] * y.shape[2] * y.shape[3]
+        whitened = th.einsum("ca,ih,bahw,jw->bcij", T["R_inv"], T["G_inv"], y, T["G_inv"])
+        q = (y * whitened).sum(dim=(1, 2, 3))[:, None]
+        log_prior_k = T["log_weights"] - m * th.log(T["scales"]) - q / (2 * T["scales"] ** 2)  # [B, K]
+
+        # x_t | y, k ~ N(a M y, a^2 s_k^2 C0 + b^2 I), diagonal in C0's eigenbasis.
+        mean_y = th.einsum("hi,bcij,wj->bchw", T["M1"], y, T["M1"])
+        r = (x_t - a * mean_y).reshape(B, C, H * W)
+        r_eig = th.einsum("ca,bch,hi->bai", T["U_r"], r, T["U_s"])[:, None]  # U^T r: [B, 1, C, H*W]
+        denom = a ** 2 * s2 * lam + b2  # [B, K, C, H*W]
+        log_lik = -0.5 * (th.log(denom) + r_eig ** 2 / denom).sum(dim=(2, 3))
+        w = th.softmax(log_prior_k + log_lik, dim=1)[:, :, None, None]  # p(k | x_t, y)
+
+        # Per component: E[x | x_t, y, k] = M y + U (a s_k^2 lam / denom) U^T r and
+        # Cov = U diag(s_k^2 lam b^2 / denom) U^T; then mix over k.
+        mean_eig_k = a * s2 * lam / denom * r_eig
+        mean_eig = (w * mean_eig_k).sum(1)
+        x0 = mean_y + to_pixels(mean_eig).reshape(B, C, H, W)
+        # diag(U diag(v) U^T) = (U o U) v, and U o U = (U_r o U_r) (x) (U_s o U_s).
+        within = th.einsum("ca,bai,hi->bch", T["U_r2"], (w * s2 * lam * b2 / denom).sum(1), T["U_s2"])
+        spread = (w * to_pixels(mean_eig_k - mean_eig[:, None]) ** 2).sum(1)
+        return x0, (within + spread).reshape(B, C, H, W)
+
+    # -- files -----------------------------------------------------------------------------------
+
+    def to_json(self):
+        return json.dumps({"kind": self.kind, **asdict(self.params)}, indent=1)
+
+    @classmethod
+    def from_json(cls, text):
+        d = json.loads(text)
+        if d.pop("kind", None) != cls.kind:
+            raise ValueError("not a Gaussian scale mixture testbed")
+        d["scales"], d["weights"] = tuple(d["scales"]), tuple(d["weights"])
+        return cls(TestbedParams(**d))
+
+
+def load_testbed(path, flag="model_path"):
+    """Read a testbed description (testbed.json) written by `write_testbed_dataset`."""
+    try:
+        with open(path) as f:
+            return GaussianScaleMixture.from_json(f.read())
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise UserError(f"{path!r} (--{flag}) is not a testbed description: {e}") from None
+
+
+def is_testbed_file(path):
+    return path.endswith(".json")
+
+
+def quantize(x):
+    """[-1, 1] floats -> uint8 images, rounding to the nearest level."""
+    return np.clip(np.round((x + 1) * 127.5), 0, 255).astype(np.uint8)
+
+
+def write_testbed_dataset(out_dir, params=TestbedParams(), num_train=2000, num_eval=16, seed=0):
+    """
+    Draw images from the prior and save them as an image folder `{out_dir}/images` of PNG
+    files, with `train_data_info.pkl`, `to_sample_data_info.pkl` and `testbed.json`.
+    Images are named `gsm{k}_{i:06d}` and grouped into one "class" per mixture component.
+    """
+    testbed = GaussianScaleMixture(params)
+    rng = np.random.default_rng(seed)
+    image_dir = os.path.join(out_dir, "images")
+    os.makedirs(image_dir, exist_ok=True)
+    x, k = testbed.sample_prior(num_train + num_eval, rng)
+    train_info, eval_info = {}, {}
+    for i in range(num_train + num_eval):
+        name = f"gsm{k[i]}_{i:06d}"
+        save_png(quantize(x[i]).transpose(1, 2, 0), os.path.join(image_dir, f"{name}.png"))
+        info = train_info if i < num_train else eval_info
+        info.setdefault(f"gsm{k[i]}", {"y": int(k[i]), "file_names": []})["file_names"].append(name)
+    sort = lambda d: dict(sorted(d.items()))  # noqa: E731
+    save_pickle(sort(train_info), os.path.join(out_dir, "train_data_info.pkl"))
+    save_pickle(sort(eval_info), os.path.join(out_dir, "to_sample_data_info.pkl"))
+    atomic_write(os.path.join(out_dir, "testbed.json"), lambda f: f.write(testbed.to_json().encode()))
+    return testbed
