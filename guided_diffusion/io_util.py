@@ -87,6 +87,8 @@ _SAFE_GLOBALS = {
     ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),  # arrays pickled with protocol 5
+    ("numpy._core.numeric", "_frombuffer"),
     ("numpy.dtypes", "Float64DType"),
     ("numpy.dtypes", "Float32DType"),
     ("numpy.dtypes", "Int64DType"),

@@ -87,19 +87,19 @@ class GaussianScaleMixture:
 
     def downsample(self, x):
         """y = D x for images [..., C, H, W]."""
-        return np.einsum("ih,...chw,jw->...cij", self.A, x, self.A)
+        return np.einsum("ih,...chw,jw->...cij", self.A, x, self.A, optimize=True)
 
     def sample_prior(self, n, rng):
         """n images [n, C, H, W] and their mixture components."""
         p = self.params
         k = rng.choice(len(p.scales), size=n, p=np.asarray(p.weights))
         z = rng.standard_normal((n, p.channels, p.large_size, p.large_size))
-        x = np.einsum("ca,hi,naij,wj->nchw", self.R_sqrt, self.K1_sqrt, z, self.K1_sqrt)
+        x = np.einsum("ca,hi,naij,wj->nchw", self.R_sqrt, self.K1_sqrt, z, self.K1_sqrt, optimize=True)
         return x * self.scales[k][:, None, None, None], k
 
     def log_evidence_terms(self, y):
         """y^T (D S D^T)^-1 y for low-res images [..., C, h, w]."""
-        whitened = np.einsum("ca,ih,...ahw,jw->...cij", self.R_inv, self.G_inv, y, self.G_inv)
+        whitened = np.einsum("ca,ih,...ahw,jw->...cij", self.R_inv, self.G_inv, y, self.G_inv, optimize=True)
         return np.sum(y * whitened, axis=(-3, -2, -1))
 
     def component_posterior(self, y):
@@ -113,7 +113,7 @@ class GaussianScaleMixture:
 
     def posterior_mean(self, y):
         """E[x | y] = M y, images [..., C, H, W]."""
-        return np.einsum("hi,...cij,wj->...chw", self.M1, y, self.M1)
+        return np.einsum("hi,...cij,wj->...chw", self.M1, y, self.M1, optimize=True)
 
     def posterior_variance(self, y):
         """Var[x_i | y] = E[s^2 | y] C0_ii, images [..., C, H, W]."""
@@ -125,7 +125,7 @@ class GaussianScaleMixture:
         p = self.params
         k = rng.choice(len(p.scales), size=n, p=self.component_posterior(y))
         z = rng.standard_normal((n, p.channels, p.large_size * p.large_size))
-        noise = np.einsum("ca,nai,ji->ncj", self.R_sqrt, z, self.C0s_sqrt)
+        noise = np.einsum("ca,nai,ji->ncj", self.R_sqrt, z, self.C0s_sqrt, optimize=True)
         noise = noise.reshape(n, p.channels, p.large_size, p.large_size)
         return self.posterior_mean(y)[None] + self.scales[k][:, None, None, None] * noise
 
@@ -133,11 +133,12 @@ class GaussianScaleMixture:
 
     def _tensors(self, device):
         if device not in self._torch_cache:
-            t = lambda a: th.as_tensor(np.ascontiguousarray(a), dtype=th.float64, device=device)  # noqa: E731
+            t = lambda a, dtype=th.float64: th.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)  # noqa: E731
             self._torch_cache[device] = dict(
-                M1=t(self.M1), U_s=t(self.U_s), U_r=t(self.U_r), lam=t(self.lam), scales=t(self.scales),
-                log_weights=t(self.log_weights), R_inv=t(self.R_inv), G_inv=t(self.G_inv),
-                U_s2=t(self.U_s ** 2), U_r2=t(self.U_r ** 2),
+                M1=t(self.M1), lam=t(self.lam), scales=t(self.scales), log_weights=t(self.log_weights),
+                R_inv=t(self.R_inv), G_inv=t(self.G_inv),
+                U_s32=t(self.U_s, th.float32), U_r32=t(self.U_r, th.float32),
+                U_s2_32=t(self.U_s ** 2, th.float32), U_r2_32=t(self.U_r ** 2, th.float32),
             )
         return self._torch_cache[device]
 
@@ -158,8 +159,12 @@ class GaussianScaleMixture:
         s2 = (T["scales"] ** 2).view(1, -1, 1, 1)  # [1, K, 1, 1]
         lam = T["lam"][None, None]  # eigenvalues of C0: [1, 1, C, H*W]
 
-        def to_pixels(v):  # U v for U = U_r (x) U_s; v [..., C, H*W]
-            return th.einsum("ca,...ai,hi->...ch", T["U_r"], v, T["U_s"])
+        def to_pixels(v, U_r=T["U_r32"], U_s=T["U_s32"]):  # U v for U = U_r (x) U_s; v [..., C, H*W]
+            # The orthogonal transforms are the cost; float32 GEMMs run them twice as fast
+            # (relative error ~1e-6), while every other step stays in float64.
+            shape = v.shape
+            v = v.float().reshape(-1, shape[-1]) @ U_s.T  # one GEMM over all rows
+            return th.matmul(U_r, v.reshape(shape)).double()
 
         # p(k | y)
         m = y.shape[1] * y.shape[2] * y.shape[3]
@@ -170,19 +175,22 @@ class GaussianScaleMixture:
         # x_t | y, k ~ N(a M y, a^2 s_k^2 C0 + b^2 I), diagonal in C0's eigenbasis.
         mean_y = th.einsum("hi,bcij,wj->bchw", T["M1"], y, T["M1"])
         r = (x_t - a * mean_y).reshape(B, C, H * W)
-        r_eig = th.einsum("ca,bch,hi->bai", T["U_r"], r, T["U_s"])[:, None]  # U^T r: [B, 1, C, H*W]
+        r_eig = to_pixels(r, T["U_r32"].T, T["U_s32"].T)[:, None]  # U^T r: [B, 1, C, H*W]
         denom = a ** 2 * s2 * lam + b2  # [B, K, C, H*W]
         log_lik = -0.5 * (th.log(denom) + r_eig ** 2 / denom).sum(dim=(2, 3))
-        w = th.softmax(log_prior_k + log_lik, dim=1)[:, :, None, None]  # p(k | x_t, y)
+        w = th.softmax(log_prior_k + log_lik, dim=1)  # p(k | x_t, y): [B, K]
+        # Components without weight anywhere in the batch add nothing (and cost a transform).
+        active = (w > 1e-15).any(dim=0)
+        w, s2, denom = w[:, active][:, :, None, None], s2[:, active], denom[:, active]
 
         # Per component: E[x | x_t, y, k] = M y + U (a s_k^2 lam / denom) U^T r and
         # Cov = U diag(s_k^2 lam b^2 / denom) U^T; then mix over k.
-        mean_eig_k = a * s2 * lam / denom * r_eig
-        mean_eig = (w * mean_eig_k).sum(1)
-        x0 = mean_y + to_pixels(mean_eig).reshape(B, C, H, W)
+        mean_k = to_pixels(a * s2 * lam / denom * r_eig)  # [B, K, C, H*W]
+        mean = (w * mean_k).sum(1)
+        x0 = mean_y + mean.reshape(B, C, H, W)
         # diag(U diag(v) U^T) = (U o U) v, and U o U = (U_r o U_r) (x) (U_s o U_s).
-        within = th.einsum("ca,bai,hi->bch", T["U_r2"], (w * s2 * lam * b2 / denom).sum(1), T["U_s2"])
-        spread = (w * to_pixels(mean_eig_k - mean_eig[:, None]) ** 2).sum(1)
+        within = to_pixels((w * s2 * lam * b2 / denom).sum(1), T["U_r2_32"], T["U_s2_32"])
+        spread = (w * (mean_k - mean[:, None]) ** 2).sum(1)
         return x0, (within + spread).reshape(B, C, H, W)
 
     # -- files -----------------------------------------------------------------------------------

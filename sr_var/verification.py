@@ -1,0 +1,238 @@
+"""
+Comparing the mean and variance models with DDPM-SR samples (the paper's check of
+Theorem 2.2), and beyond the paper: with the true high-res image (accuracy and
+calibration) and, on the exact testbed, with the exact posterior.
+
+Per image the "ground truth" of the paper is the mean and variance of N DDPM-SR samples,
+written next to them as high_res_mean.png and high_res_var.pkl (float64 HWC, [0, 255]^2).
+"""
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from guided_diffusion import logger
+from guided_diffusion.cli import UserError, require_dir
+from guided_diffusion.io_util import atomic_write, load_pickle, save_pickle, save_png
+
+from . import metrics
+from .data import (
+    area_downsample,
+    flatten_data_info,
+    load_data_info,
+    load_image,
+    low_res_input,
+    read_image,
+    resolve_images,
+    to_float,
+)
+from .testbed import load_testbed
+
+TILE_TITLES = ("ground truth", "DDPM-SR mean", "mean model", "|truth - mean model|", "DDPM-SR std",
+               "variance-model std")
+
+
+def verification_defaults():
+    """Flags of sr_var_verification.py (the original's, with the seed's paths)."""
+    return dict(
+        data_dir="../datasets/imagenet/train",
+        data_info_dict_path="data/sr_imagenet/to_sample_data_info.pkl",
+        large_size=256,
+        small_size=64,
+        ddpm_sr_output_dir="outputs/ddpm_sr/64_256_step_250",
+        num_samples=100,
+        sr_model_output_dir="outputs/sr_var/64_256",
+        mean_model_step=90000,
+        var_model_step=50000,
+        log_dir="logs/sr_compare",
+        testbed_path="",  # "" = use {data_dir}/../testbed.json when it exists
+        num_grid_images=8,
+        max_tensorboard_images=100,
+    )
+
+
+def ddpm_ground_truth(ddpm_dir, file_name, num_samples):
+    """Mean (clipped to [0, 255]) and variance (ddof 0) of the first num_samples samples, float64."""
+    folder = os.path.join(ddpm_dir, file_name, "high_res_samples")
+    paths = [os.path.join(folder, f"sample_{i}.png") for i in range(num_samples)]
+    have = sum(os.path.exists(p) for p in paths)
+    if have < num_samples:
+        raise UserError(f"image {file_name!r} has {have} of the {num_samples} samples that --num_samples asks for "
+                        f"in {folder!r}; run ddpm_sr_sample.py with --num_samples_per_image {num_samples} "
+                        f"(it resumes) or lower --num_samples")
+    with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decodes outside the GIL
+        samples = np.stack(list(pool.map(read_image, paths))).astype(np.float64)
+    mean = np.clip(samples.mean(axis=0), 0, 255)
+    var = samples.var(axis=0)
+    save_png(np.round(mean).astype(np.uint8), os.path.join(ddpm_dir, file_name, "high_res_mean.png"))
+    save_pickle(var, os.path.join(ddpm_dir, file_name, "high_res_var.pkl"))
+    return mean, var
+
+
+def model_outputs(output_dir, file_name, mean_step, var_step, size):
+    mean_path = os.path.join(output_dir, file_name, f"high_res_mean_{mean_step}.png")
+    var_path = os.path.join(output_dir, file_name, f"high_res_var_{var_step}.pkl")
+    if not os.path.exists(mean_path):
+        raise UserError(f"missing mean-model output {mean_path!r}: run sr_mean_test.py with this "
+                        f"--output_dir, or set --mean_model_step / --sr_model_output_dir")
+    if not os.path.exists(var_path):
+        raise UserError(f"missing variance-model output {var_path!r}: run sr_var_test.py with this "
+                        f"--output_dir, or set --var_model_step / --sr_model_output_dir")
+    mean = read_image(mean_path).astype(np.float64)
+    var = np.asarray(load_pickle(var_path, what="variance pickle"), dtype=np.float64)
+    if mean.shape != (size, size, 3) or var.shape != (size, size, 3):
+        raise UserError(f"model outputs of {file_name!r} are {mean.shape} / {var.shape}, "
+                        f"not ({size}, {size}, 3): check --large_size")
+    return mean, var
+
+
+def to_255(x):
+    """[-1, 1] units -> [0, 255] units."""
+    return (x + 1) * 127.5
+
+
+def image_metrics(truth, ddpm_mean, ddpm_var, model_mean, model_var, exact=None):
+    """All metrics of one image (arrays HWC, float64, [0, 255] and [0, 255]^2 units)."""
+    result = {
+        "mean": metrics.mean_metrics(ddpm_mean, model_mean),
+        "var": metrics.var_metrics(ddpm_var, model_var),
+        "mean_model_vs_truth": metrics.mean_metrics(truth, model_mean),
+        "ddpm_mean_vs_truth": metrics.mean_metrics(truth, ddpm_mean),
+        "calibration": {
+            "models": metrics.coverage(truth, model_mean, model_var),
+            "ddpm": metrics.coverage(truth, ddpm_mean, ddpm_var),
+        },
+    }
+    if exact is not None:
+        result["exact"] = {
+            "ddpm_mean": metrics.mean_metrics(exact["mean"], ddpm_mean),
+            "mean_model": metrics.mean_metrics(exact["mean"], model_mean),
+            "bilinear": metrics.mean_metrics(exact["mean"], exact["bilinear"]),
+            "ddpm_var": metrics.var_metrics(exact["var"], ddpm_var),
+            "var_model": metrics.var_metrics(exact["var"], model_var),
+            "calibration": metrics.coverage(truth, exact["mean"], exact["var"]),
+        }
+    return result
+
+
+def six_tiles(truth, ddpm_mean, model_mean, ddpm_var, model_var):
+    """ground truth | DDPM-SR mean | mean model | |truth - mean model| | DDPM-SR std | model std (uint8)."""
+    error = np.abs(truth - model_mean)
+    ddpm_std, model_std = np.sqrt(ddpm_var), np.sqrt(np.maximum(model_var, 0))
+    std_max = max(ddpm_std.max(), 1e-12)  # one scale for both std maps, so they compare
+    tiles = [truth, ddpm_mean, model_mean, error / max(error.max(), 1e-12) * 255,
+             ddpm_std / std_max * 255, model_std / std_max * 255]
+    return np.concatenate([np.clip(np.round(t), 0, 255).astype(np.uint8) for t in tiles], axis=1)
+
+
+def save_grid(rows, names, path):
+    """A paper-style grid: one row per image, the six columns titled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(rows)
+    size = rows[0].shape[0]
+    fig, axes = plt.subplots(n, 6, figsize=(12, 2 * n + 0.4), squeeze=False)
+    for r, (row, name) in enumerate(zip(rows, names)):
+        for c in range(6):
+            ax = axes[r][c]
+            ax.imshow(row[:, c * size:(c + 1) * size])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(TILE_TITLES[c], fontsize=9)
+            if c == 0:
+                ax.set_ylabel(name, fontsize=7)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
+
+
+def find_testbed(args):
+    path = args.testbed_path
+    if not path:
+        candidate = os.path.join(os.path.dirname(os.path.normpath(args.data_dir)), "testbed.json")
+        path = candidate if os.path.exists(candidate) else ""
+    if not path:
+        return None
+    testbed = load_testbed(path, "testbed_path")
+    logger.log(f"images come from the exact testbed {path}: comparing with the exact posterior too")
+    return testbed
+
+
+def exact_posterior(testbed, truth_uint8_chw, small_size):
+    """Exact posterior mean / variance and the bilinear input, HWC in [0, 255] units."""
+    high_res = to_float(truth_uint8_chw[None])
+    y = area_downsample(high_res, small_size).double().numpy()[0]
+    hwc = lambda a: np.transpose(a, (1, 2, 0))  # noqa: E731
+    return {
+        "mean": hwc(to_255(testbed.posterior_mean(y))),
+        "var": hwc(testbed.posterior_variance(y) * 127.5 ** 2),
+        "bilinear": hwc(to_255(low_res_input(high_res, small_size)[0].double().numpy())),
+    }
+
+
+def verify(args):
+    """The body of sr_var_verification.py; returns the results dict (also in results.json)."""
+    if args.num_samples < 1:
+        raise UserError(f"--num_samples must be at least 1 (got {args.num_samples})")
+    info = load_data_info(args.data_info_dict_path)
+    names = [name for name, _ in flatten_data_info(info)]
+    paths = resolve_images(args.data_dir, names, args.data_info_dict_path)
+    require_dir(args.ddpm_sr_output_dir, "ddpm_sr_output_dir")
+    require_dir(args.sr_model_output_dir, "sr_model_output_dir")
+    testbed = find_testbed(args)
+
+    per_image, grid_rows = [], []
+    for i, (name, path) in enumerate(zip(names, paths)):
+        truth_chw = load_image(path, args.large_size)
+        truth = truth_chw.permute(1, 2, 0).numpy().astype(np.float64)
+        ddpm_mean, ddpm_var = ddpm_ground_truth(args.ddpm_sr_output_dir, name, args.num_samples)
+        model_mean, model_var = model_outputs(args.sr_model_output_dir, name, args.mean_model_step,
+                                              args.var_model_step, args.large_size)
+        exact = exact_posterior(testbed, truth_chw, args.small_size) if testbed else None
+        per_image.append(image_metrics(truth, ddpm_mean, ddpm_var, model_mean, model_var, exact))
+        tiles = six_tiles(truth, ddpm_mean, model_mean, ddpm_var, model_var)
+        save_png(tiles, os.path.join(args.log_dir, "figures", f"{name}.png"))
+        if i < args.max_tensorboard_images:
+            logger.write_image("results", tiles, i + 1)
+        if i < args.num_grid_images:
+            grid_rows.append(tiles)
+        if (i + 1) % 100 == 0:
+            logger.log(f"compared {i + 1} of {len(names)} images")
+
+    results = metrics.average(per_image)
+    results.update(num_images=len(names), num_samples=args.num_samples, mean_model_step=args.mean_model_step,
+                   var_model_step=args.var_model_step, gaussian_coverage=metrics.GAUSSIAN_COVERAGE,
+                   units="images in [0, 255], variances in [0, 255]^2",
+                   per_image={name: r for name, r in zip(names, per_image)})
+    atomic_write(os.path.join(args.log_dir, "results.json"),
+                 lambda f: f.write(json.dumps(results, indent=1).encode()))
+    save_grid(grid_rows, names[:len(grid_rows)], os.path.join(args.log_dir, "results_grid.png"))
+    log_summary(results)
+    return results
+
+
+def log_summary(results):
+    m, v = results["mean"], results["var"]
+    logger.log("Mean comparison (mean model vs DDPM-SR mean)")
+    logger.log(f"mse:  {m['mse']:.4f}\npsnr: {m['psnr']:.4f}\nnmse: {m['nmse']:.4f}")
+    logger.log("Variance comparison (variance model vs DDPM-SR variance)")
+    logger.log(f"var error: {v['var_error']:.4f}\nstd error: {v['std_error']:.4f}")
+    t, d = results["mean_model_vs_truth"], results["ddpm_mean_vs_truth"]
+    logger.log(f"vs the true high-res image: mean model psnr {t['psnr']:.2f}, DDPM-SR mean psnr {d['psnr']:.2f}")
+    for who in ("models", "ddpm"):
+        c = results["calibration"][who]
+        logger.log(f"coverage of |truth - mean| <= 1/2/3 std ({who}): "
+                   f"{c['1']:.3f} / {c['2']:.3f} / {c['3']:.3f} (Gaussian 0.683 / 0.954 / 0.997)")
+    if "exact" in results:
+        e = results["exact"]
+        logger.log(f"vs the exact posterior mean, mse: DDPM-SR {e['ddpm_mean']['mse']:.3f}, "
+                   f"mean model {e['mean_model']['mse']:.3f}, bilinear {e['bilinear']['mse']:.3f}")
+        logger.log(f"vs the exact posterior variance, var error: DDPM-SR {e['ddpm_var']['var_error']:.3f}, "
+                   f"variance model {e['var_model']['var_error']:.3f}")
