@@ -4,6 +4,7 @@ Distributed helpers. Under `mpiexec -n N` each process joins a torch.distributed
 mpiexec, a script runs as a single process and nothing is initialised.
 """
 
+import atexit
 import os
 import socket
 
@@ -53,6 +54,8 @@ def setup_dist():
     os.environ["WORLD_SIZE"] = str(comm.size)
     os.environ["LOCAL_RANK"] = str(local_rank)
     dist.init_process_group(backend=backend, init_method="env://")
+    # Without this, gloo's threads abort the process at interpreter exit.
+    atexit.register(dist.destroy_process_group)
     return True, comm.rank
 
 

@@ -10,8 +10,8 @@ import math
 
 import numpy as np
 import torch as th
-from tqdm.auto import tqdm
 
+from .logger import progress_bar
 from .losses import discretized_gaussian_log_likelihood, normal_kl
 from .nn import mean_flat
 
@@ -290,7 +290,7 @@ class GaussianDiffusion:
         img = noise if noise is not None else th.randn(*shape, device=device)
         indices = list(range(self.num_timesteps))[::-1]
         if progress:
-            indices = tqdm(indices, leave=False)
+            indices = progress_bar(indices, leave=False)
         for i in indices:
             t = th.tensor([i] * shape[0], device=device)
             with th.no_grad():

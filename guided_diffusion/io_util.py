@@ -174,7 +174,9 @@ def likely_flag(model_shapes, ckpt_shapes, flag_names):
     if out_m and out_c and out_m[0] != out_c[0]:
         return flag_names.get("out", "out_channels")
     for key in sorted(model_shapes.keys() & ckpt_shapes.keys()):
-        if "emb_layers" in key:
+        # scale-shift doubles the embedding projection of a block whose width is unchanged
+        width_key = key.replace("emb_layers.1.weight", "out_layers.0.weight")
+        if key.endswith("emb_layers.1.weight") and shape(model_shapes, width_key) == shape(ckpt_shapes, width_key):
             a, b = model_shapes[key][0], ckpt_shapes[key][0]
             if a != b and max(a, b) == 2 * min(a, b):
                 return "use_scale_shift_norm"

@@ -183,11 +183,16 @@ _current = Logger()
 
 
 def configure(log_dir, format_strs=DEFAULT_FORMATS, rank=0):
-    """Send the log to `log_dir` (created if needed). Ranks other than 0 log nothing."""
+    """
+    Send the log to `log_dir` (created if needed). Other ranks write only their messages,
+    to `{log_dir}/rank{r}/log.txt`.
+    """
     global _current
     _current.close()
     if rank != 0:
-        _current = Logger(log_dir, format_strs=())
+        rank_dir = os.path.join(log_dir, f"rank{rank}")
+        os.makedirs(rank_dir, exist_ok=True)
+        _current = Logger(rank_dir, format_strs=("log",))
         return _current
     os.makedirs(log_dir, exist_ok=True)
     _current = Logger(log_dir, format_strs=format_strs)
@@ -197,6 +202,17 @@ def configure(log_dir, format_strs=DEFAULT_FORMATS, rank=0):
 
 def get_current():
     return _current
+
+
+def progress_bar(iterable=None, **kwargs):
+    """A tqdm bar on stdout (stderr is kept for the one-line errors), shown on rank 0 only."""
+    from tqdm.auto import tqdm
+
+    from .dist_util import get_rank
+
+    kwargs.setdefault("dynamic_ncols", True)
+    kwargs.setdefault("disable", get_rank() != 0)
+    return tqdm(iterable, file=sys.stdout, **kwargs)
 
 
 def get_dir():

@@ -16,7 +16,6 @@ import time
 import torch as th
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm.auto import tqdm
 
 from . import dist_util, logger
 from .cli import UserError
@@ -223,8 +222,8 @@ class TrainLoop:
         self._last_saved = self.step
         bar = None
         if self.progress and dist_util.get_rank() == 0:
-            bar = tqdm(total=end_step if end_step < 100000000 else None, initial=self.step,
-                       desc="train", dynamic_ncols=True, mininterval=1.0)
+            bar = logger.progress_bar(total=end_step if end_step < 100000000 else None, initial=self.step,
+                                      desc="train", mininterval=1.0)
         self.model.train()
         try:
             while self.step < end_step:

@@ -18,7 +18,6 @@ import time
 
 import numpy as np
 import torch as th
-from tqdm.auto import tqdm
 
 from guided_diffusion import dist_util, logger
 from guided_diffusion.cli import UserError
@@ -167,8 +166,7 @@ def run_sampling(args, model, diffusion, todo):
             logger.warn_once("--use_fp16 True needs a GPU; sampling in fp32 on the CPU")
     total = sum(len(m) for *_, m in todo)
 
-    bar = tqdm(total=total, desc="samples", unit="sample", dynamic_ncols=True,
-               disable=dist_util.get_rank() != 0)
+    bar = logger.progress_bar(total=total, desc="samples", unit="sample")
     start, made = time.time(), 0
     for file_name, y, path, missing in todo:
         high_res = to_float(load_image(path, args.large_size)[None].to(device))

