@@ -6,6 +6,7 @@ read, and checkpoint loading that names the flag most likely behind a mismatch.
 
 import glob
 import io
+import json
 import os
 import pickle
 import re
@@ -18,6 +19,8 @@ from PIL import Image
 from .cli import UserError, require_file
 
 TMP_MARK = ".tmp-"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def atomic_write(path, write_fn, fsync=False):
@@ -31,6 +34,7 @@ def atomic_write(path, write_fn, fsync=False):
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -51,6 +55,10 @@ def save_torch(obj, path):
 
 def save_pickle(obj, path):
     atomic_write(path, lambda f: pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def save_json(obj, path):
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
 
 
 def save_png(array, path):
@@ -152,8 +160,11 @@ def likely_flag(model_shapes, ckpt_shapes, flag_names):
     """
     Guess which model flag makes a checkpoint differ from the model built from the flags.
     `flag_names` maps roles to this model family's flag names: "width", "classes",
-    "out", "in" (e.g. {"width": "num_channels", "classes": "class_cond", "out": "learn_sigma"}).
+    "out", "in" (e.g. {"width": "num_channels", "classes": "class_cond", "out": "learn_sigma"});
+    a plain string is the answer for models with a single shape flag.
     """
+    if isinstance(flag_names, str):
+        return flag_names
     def has(shapes, pattern):
         return any(re.search(pattern, k) for k in shapes)
 

@@ -7,7 +7,6 @@ Per image the "ground truth" of the paper is the mean and variance of N DDPM-SR 
 written next to them as high_res_mean.png and high_res_var.pkl (float64 HWC, [0, 255]^2).
 """
 
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,7 +14,7 @@ import numpy as np
 
 from guided_diffusion import logger
 from guided_diffusion.cli import UserError, require_dir
-from guided_diffusion.io_util import atomic_write, load_pickle, save_pickle, save_png
+from guided_diffusion.io_util import atomic_write, load_pickle, save_json, save_pickle, save_png
 
 from . import metrics
 from .data import (
@@ -211,8 +210,7 @@ def verify(args):
                    var_model_step=args.var_model_step, gaussian_coverage=metrics.GAUSSIAN_COVERAGE,
                    units="images in [0, 255], variances in [0, 255]^2",
                    per_image={name: r for name, r in zip(names, per_image)})
-    atomic_write(os.path.join(args.log_dir, "results.json"),
-                 lambda f: f.write(json.dumps(results, indent=1).encode()))
+    save_json(results, os.path.join(args.log_dir, "results.json"))
     save_grid(grid_rows, names[:len(grid_rows)], os.path.join(args.log_dir, "results_grid.png"))
     log_summary(results)
     return results

@@ -164,7 +164,8 @@ def test_resume_continues_the_step_count_and_the_run(data_dir, tmp_path):
     tasks.run(mnist_args(max_step=8, model_save_dir=str(tmp_path / "a"), **common), console=False)
     tasks.run(mnist_args(max_step=16, model_save_dir=str(tmp_path / "a"), resume_checkpoint="model000008.pt",
                          **common), console=False)
-    assert sorted(os.listdir(tmp_path / "a")) == [f"{kind}{s:06d}.pt" for kind in ("model", "opt") for s in (4, 8, 12, 16)]
+    want = [f"{kind}{step:06d}.pt" for kind in ("model", "opt") for step in (4, 8, 12, 16)]
+    assert sorted(os.listdir(tmp_path / "a")) == want
     with open(tmp_path / "logs" / "progress.csv") as f:
         steps = [int(row["step"]) for row in csv.DictReader(f)]
     assert steps[-1] == 16 and 10 in steps and steps == sorted(steps)

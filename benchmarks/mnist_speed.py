@@ -1,0 +1,214 @@
+"""
+MNIST training speed, measured in one run (interleaved rounds, same data):
+
+  per-item   a pipeline like the original's: a Dataset that returns one image (and its
+             noisy label and p) at a time, DataLoader batch 128 with num_workers=1, the
+             NCHW network with ReLU before max-pool, torch.optim.Adam with its defaults;
+  ours       the data as float tensors on the device, a batch an index into them; the
+             channels_last SimpleCNN with max-pool before ReLU; a step of the project's
+             TrainLoop (fused Adam);
+  ours x2    two of our trainings at once in two processes of one thread each, as
+             scripts/mnist_sweep.py runs them (--workers 2): the time per step of the pair.
+
+It also times one evaluation pass (70,000 images) and extrapolates the paper's sweep:
+clean + 3 noise types x 8 levels, 20,000 steps each, an evaluation every 2,000 steps.
+
+    python benchmarks/mnist_speed.py                      # 60,000 synthetic images
+    python benchmarks/mnist_speed.py --data_dir data/mnist --steps 500
+"""
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch as th
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from guided_diffusion import dist_util, logger  # noqa: E402
+from guided_diffusion.train_util import TrainLoop  # noqa: E402
+from noisy_mnist.data import load_split, to_inputs, train_batches  # noqa: E402
+from noisy_mnist.model import SimpleCNN, create_model, predict_logits  # noqa: E402
+from noisy_mnist.noise import draw_labels, noise_distribution  # noqa: E402
+from noisy_mnist.tasks import cross_entropy_loss  # noqa: E402
+
+SWEEP_RUNS, SWEEP_STEPS, SWEEP_EVALS = 25, 20000, 11  # 10 checkpoints + the analysis
+EVAL_BATCH = 2000
+
+
+class PerItemDataset(th.utils.data.Dataset):
+    """Like the original's MNISTDataset: per item, image / 255 with a channel axis, labels, p."""
+
+    def __init__(self, images, labels, noisy_labels, p):
+        self.images, self.labels, self.noisy_labels, self.p = images, labels, noisy_labels, p
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        image = self.images[index] / 255.0
+        return image.unsqueeze(0), self.labels[index], th.tensor(self.noisy_labels[index]), th.tensor(self.p[index])
+
+
+class OriginalOrderCNN(SimpleCNN):
+    """The original's forward: ReLU, then max-pool, on NCHW tensors."""
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.relu(self.fc1(x.view(-1, 256)))
+        return self.fc3(F.relu(self.fc2(x)))
+
+
+def load_data(data_dir, n):
+    if data_dir:
+        images, labels = load_split(data_dir, "train")
+    else:
+        generator = th.Generator().manual_seed(0)
+        images = th.randint(0, 256, (n, 28, 28), dtype=th.uint8, generator=generator)
+        labels = th.randint(0, 10, (n,), generator=generator)
+    p = noise_distribution("uniform", 0.6, labels.numpy())
+    noisy = draw_labels(p, np.random.default_rng(0))
+    return images, labels, noisy, p
+
+
+def per_item_stepper(images, labels, noisy, p):
+    dataset = PerItemDataset(images, labels, noisy, p)
+    loader = th.utils.data.DataLoader(dataset, batch_size=128, shuffle=True, num_workers=1, drop_last=True,
+                                      pin_memory=th.cuda.is_available())
+    model = OriginalOrderCNN().to(dist_util.dev())
+    opt = th.optim.Adam(model.parameters(), lr=1e-4)
+
+    def endless():
+        while True:
+            yield from loader
+
+    batches = endless()
+
+    def step():
+        image, _, noisy_label, _ = next(batches)
+        opt.zero_grad()
+        loss = F.cross_entropy(model(image.to(dist_util.dev())), noisy_label.to(dist_util.dev()))
+        loss.backward()
+        opt.step()
+    return step
+
+
+def our_stepper(images, noisy, save_dir):
+    device = dist_util.dev()
+    inputs = to_inputs(images, device)
+    loop = TrainLoop(model=create_model(256, "128,64", device),
+                     data=train_batches(inputs, th.from_numpy(noisy).to(device), 128, seed=0),
+                     loss_fn=cross_entropy_loss, batch_size=128, lr=1e-4, model_save_dir=save_dir,
+                     optimizer="adam", progress=False)
+    return lambda: loop.run_step(next(loop.data)), loop.model, inputs
+
+
+def seconds_per_step(step, steps, warmup):
+    for _ in range(warmup):
+        step()
+    if th.cuda.is_available():
+        th.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if th.cuda.is_available():
+        th.cuda.synchronize()
+    return (time.perf_counter() - start) / steps
+
+
+def eval_seconds(model, inputs):
+    """One evaluation pass over 70,000 images (a checkpoint's train + test evaluation)."""
+    repeat = -(-70000 // len(inputs))
+    start = time.perf_counter()
+    for _ in range(repeat):
+        predict_logits(model, inputs[:70000], EVAL_BATCH)
+    return (time.perf_counter() - start) * 70000 / (repeat * min(len(inputs), 70000))
+
+
+def _concurrent_worker(args, barrier, queue):
+    th.set_num_threads(1)
+    images, _, noisy, _ = load_data(args["data_dir"], args["n"])
+    with tempfile.TemporaryDirectory() as tmp:
+        step, model, inputs = our_stepper(images, noisy, tmp)
+        for _ in range(args["warmup"]):
+            step()
+        barrier.wait()  # both trainings timed over the same stretch
+        queue.put((seconds_per_step(step, args["steps"], 0), eval_seconds(model, inputs)))
+
+
+def concurrent_seconds_per_step(args, processes=2):
+    """Time per step of `processes` single-threaded trainings running at once (of the group)."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier, queue = ctx.Barrier(processes), ctx.Queue()
+    workers = [ctx.Process(target=_concurrent_worker, args=(args, barrier, queue)) for _ in range(processes)]
+    for w in workers:
+        w.start()
+    results = [queue.get() for _ in workers]
+    for w in workers:
+        w.join()
+    steps_per_second = sum(1 / s for s, _ in results)
+    return 1 / steps_per_second, max(e for _, e in results)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", default="", help="a prepared data folder; default: synthetic images")
+    parser.add_argument("--n", type=int, default=60000, help="synthetic training images")
+    parser.add_argument("--steps", type=int, default=300, help="timed steps per round and pipeline")
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--concurrent", type=int, default=1, help="1: also time two single-threaded trainings")
+    parser.add_argument("--json", default="", help="also write the results to this file")
+    args = parser.parse_args()
+
+    load_before = os.getloadavg()[0]
+    images, labels, noisy, p = load_data(args.data_dir, args.n)
+    logger.configure(tempfile.mkdtemp(), format_strs=())  # TrainLoop logs nothing here
+    with tempfile.TemporaryDirectory() as tmp:
+        per_item = per_item_stepper(images, labels, noisy, p)
+        ours, model, inputs = our_stepper(images, noisy, tmp)
+        times = {"per_item": [], "ours": []}
+        for _ in range(args.rounds):
+            times["per_item"].append(seconds_per_step(per_item, args.steps, args.warmup))
+            times["ours"].append(seconds_per_step(ours, args.steps, args.warmup))
+        evaluation = eval_seconds(model, inputs)
+    best = {k: min(v) for k, v in times.items()}
+    result = dict(threads=th.get_num_threads(), device=str(dist_util.dev()), torch=th.__version__,
+                  images=len(images), steps=args.steps, rounds=args.rounds,
+                  ms_per_step={k: 1000 * v for k, v in best.items()},
+                  ms_per_step_rounds={k: [round(1000 * x, 2) for x in v] for k, v in times.items()},
+                  speedup=best["per_item"] / best["ours"], eval_pass_s=evaluation)
+    sweep_s = SWEEP_RUNS * (SWEEP_STEPS * best["ours"] + SWEEP_EVALS * evaluation)
+    result["sweep_minutes"] = {"ours, one process": sweep_s / 60}
+    if args.concurrent:
+        pair_step, pair_eval = concurrent_seconds_per_step(dict(vars(args)))
+        result["ms_per_step"]["ours x2 (pair)"] = 1000 * pair_step
+        result["eval_pass_s_one_thread"] = pair_eval
+        result["sweep_minutes"]["ours, 2 workers"] = (
+            SWEEP_RUNS * SWEEP_STEPS * pair_step + SWEEP_RUNS * SWEEP_EVALS * pair_eval / 2) / 60
+    result["load_average"] = [load_before, os.getloadavg()[0]]
+
+    print(f"{result['images']} images, {result['threads']} threads, {result['device']}, torch {result['torch']}; "
+          f"best of {args.rounds} rounds of {args.steps} steps")
+    for name, ms in result["ms_per_step"].items():
+        print(f"  {name:>15}: {ms:6.2f} ms/step")
+    print(f"  every round: {result['ms_per_step_rounds']}")
+    print(f"  ours is {result['speedup']:.2f}x faster per step than the per-item pipeline")
+    print(f"  one evaluation pass (70,000 images): {evaluation:.2f} s")
+    for name, minutes in result["sweep_minutes"].items():
+        print(f"  paper's sweep ({SWEEP_RUNS} runs x {SWEEP_STEPS} steps), {name}: {minutes:.0f} min")
+    print(f"  load average before / after: {load_before:.2f} / {result['load_average'][1]:.2f} "
+          f"(other work on the machine slows every number)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

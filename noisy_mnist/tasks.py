@@ -1,0 +1,312 @@
+"""
+The four tasks of `mnist_classification.py`, each a function of the parsed flags:
+
+    train                  the clean model (clean labels)
+    generate_noisy_label   draw a label per training image from a noise distribution p
+    train_on_noisy_label   train on the drawn labels
+    predict_analysis       compare the trained model's softmax with p (Theorem 2.1)
+
+Each task first checks everything the user gave (data, files, checkpoints), so a mistake
+ends with one line before anything is written, then logs to `log_dir`.
+"""
+
+import json
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import torch as th
+import torch.nn.functional as F
+
+from guided_diffusion import dist_util, logger
+from guided_diffusion.cli import UserError, check_choice, require_file
+from guided_diffusion.io_util import save_json
+from guided_diffusion.train_util import (
+    TrainLoop,
+    list_checkpoints,
+    parse_resume_step_from_filename,
+    resolve_resume_checkpoint,
+)
+
+from . import figures
+from .data import load_split, to_inputs, train_batches
+from .model import NUM_CLASSES, create_model, load_weights, model_defaults, predict_logits
+from .noise import (
+    NOISE_TYPES,
+    check_alpha,
+    draw_labels,
+    load_noisy_labels,
+    noise_distribution,
+    noise_file_name,
+    noise_summary,
+    resolve_noise_file,
+    save_noisy_labels,
+)
+
+CHECKPOINT_ROOT = os.path.join("checkpoints", "mnist_classification")
+CLEAN = "clean"  # the name of results on clean labels
+
+
+def mnist_defaults():
+    """The flags of mnist_classification.py: the original's, plus seed and eval_batch_size."""
+    return dict(
+        data_dir="data/mnist",
+        lr=1e-4,
+        batch_size=128,
+        max_step=20000,
+        log_dir="logs/mnist_classification",
+        log_interval=10,
+        save_interval=2000,
+        model_save_dir="",  # "": checkpoints/mnist_classification/original for train and
+        # generate_noisy_label, .../<noise label file name> for the other tasks
+        resume_checkpoint="",  # a file name in model_save_dir; "" or "latest" loads the newest
+        # checkpoint where a trained model is needed (generate_noisy_label, predict_analysis)
+        task="train_on_noisy_label",
+        alpha=0.6229,
+        noise_type="model",
+        noise_label_file="model_noisy_label_0.8.pkl",  # inside data_dir, or any path
+        seed=0,
+        eval_batch_size=2000,
+        **model_defaults(),
+    )
+
+
+def run(args, console=True):
+    """Run the task that args.task names; console=False: no progress bar, log to files only."""
+    check_choice(args.task, list(TASK_FUNCTIONS), "task")
+    check_choice(args.noise_type, NOISE_TYPES, "noise_type")
+    check_alpha(args.alpha)
+    for flag in ("batch_size", "max_step", "save_interval", "log_interval", "eval_batch_size"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag} {getattr(args, flag)} should be at least 1")
+    th.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    return TASK_FUNCTIONS[args.task](args, default_model_save_dir(args), console)
+
+
+def default_model_save_dir(args):
+    if args.model_save_dir:
+        return args.model_save_dir
+    if args.task in ("train", "generate_noisy_label") or not args.noise_label_file:
+        return os.path.join(CHECKPOINT_ROOT, "original")
+    return os.path.join(CHECKPOINT_ROOT, labels_name(args.noise_label_file))
+
+
+def labels_name(noise_label_file):
+    """What a run's results are named by: the noise file's stem, or "clean"."""
+    return os.path.splitext(os.path.basename(noise_label_file))[0] if noise_label_file else CLEAN
+
+
+# ---------------------------------------------------------------------------------------
+# Pieces the tasks share
+# ---------------------------------------------------------------------------------------
+
+def load_data(data_dir):
+    """Both splits as device tensors: inputs [N, 1, 28, 28] float and clean labels [N]."""
+    device = dist_util.dev()
+    train_images, train_labels = load_split(data_dir, "train")
+    test_images, test_labels = load_split(data_dir, "test")
+    return SimpleNamespace(train_x=to_inputs(train_images, device), train_y=train_labels.to(device),
+                           test_x=to_inputs(test_images, device), test_y=test_labels.to(device))
+
+
+def load_noise(args, data):
+    """(path, noisy labels, p) of --noise_label_file, as device tensors."""
+    path = resolve_noise_file(args.noise_label_file, args.data_dir, args.log_dir)
+    noisy_labels, p = load_noisy_labels(path, len(data.train_y))
+    device = data.train_y.device
+    return path, th.from_numpy(noisy_labels).to(device), th.from_numpy(p).to(device)
+
+
+def load_trained_model(args, model_save_dir, missing_hint):
+    """The model of --resume_checkpoint in model_save_dir ("" or "latest": the newest one)."""
+    name = args.resume_checkpoint
+    if name in ("", "latest"):
+        found = list_checkpoints(model_save_dir) if os.path.isdir(model_save_dir) else []
+        if not found:
+            raise UserError(f"no checkpoint model*.pt in --model_save_dir {model_save_dir!r}; {missing_hint}")
+        name = found[-1]
+    path = require_file(os.path.join(model_save_dir, name), "resume_checkpoint", missing_hint)
+    model = create_model(args.input_dim, args.hidden_dims, dist_util.dev())
+    return load_weights(model, path, "resume_checkpoint"), path
+
+
+def model_softmax(model, inputs, batch_size):
+    """The model's softmax in float64 (the noise distributions need q[c] close to 1 exactly)."""
+    return F.softmax(predict_logits(model, inputs, batch_size).double(), dim=1)
+
+
+def cross_entropy_loss(model, inputs, targets):
+    """TrainLoop's loss_fn: (mean loss, output)."""
+    logits = model(inputs)
+    return F.cross_entropy(logits, targets), logits
+
+
+def accuracy(logits, labels):
+    return (logits.argmax(dim=1) == labels).double().mean().item()
+
+
+def start_log(args, console):
+    formats = ("stdout", "log", "csv", "tensorboard") if console else ("log", "csv", "tensorboard")
+    logger.configure(args.log_dir, format_strs=formats)
+    logger.log(f"task {args.task}: {vars(args)}")
+
+
+def fit(args, model_save_dir, data, targets, labels_file, console):
+    """
+    Train a fresh or resumed model on (data.train_x, targets) with the project's TrainLoop.
+    At every checkpoint: CE on the training targets, accuracy on the clean training labels
+    and on the test set, logged and kept in {log_dir}/train_{labels name}.json.
+    """
+    model = create_model(args.input_dim, args.hidden_dims, dist_util.dev())
+    resume = resolve_resume_checkpoint(model_save_dir, args.resume_checkpoint)
+    start_step = parse_resume_step_from_filename(resume)
+    batches = train_batches(data.train_x, targets, args.batch_size, args.seed, start_step)
+    start_log(args, console)
+    logger.log(f"training on {labels_file or 'the clean labels'}; checkpoints in {model_save_dir}")
+    results_path = os.path.join(args.log_dir, f"train_{labels_name(labels_file)}.json")
+    history = []
+    if start_step and os.path.isfile(results_path):  # keep the evaluations of the run resumed
+        with open(results_path) as f:
+            history = [e for e in json.load(f)["evaluations"] if e["step"] <= start_step]
+
+    def evaluate(step):
+        train_logits = predict_logits(model, data.train_x, args.eval_batch_size)
+        test_logits = predict_logits(model, data.test_x, args.eval_batch_size)
+        result = dict(step=step, train_ce=F.cross_entropy(train_logits, targets).item(),
+                      clean_train_accuracy=accuracy(train_logits, data.train_y),
+                      test_accuracy=accuracy(test_logits, data.test_y))
+        for key, value in result.items():
+            if key != "step":
+                logger.logkv(f"eval/{key}", value)
+        logger.dumpkvs(step)
+        logger.log(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items() if k != "step"))
+        history.append(result)
+        save_json(dict(labels=labels_file or CLEAN, model_save_dir=model_save_dir, evaluations=history),
+                  results_path)
+
+    TrainLoop(
+        model=model,
+        data=batches,
+        loss_fn=cross_entropy_loss,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        model_save_dir=model_save_dir,
+        optimizer="adam",
+        max_step=args.max_step,
+        resume_checkpoint=resume,
+        log_interval=args.log_interval,
+        save_interval=args.save_interval,
+        on_save=evaluate,
+        progress=console,
+    ).run_loop()
+    return results_path
+
+
+# ---------------------------------------------------------------------------------------
+# The tasks
+# ---------------------------------------------------------------------------------------
+
+def train(args, model_save_dir, console):
+    data = load_data(args.data_dir)
+    return fit(args, model_save_dir, data, data.train_y, "", console)
+
+
+def train_on_noisy_label(args, model_save_dir, console):
+    if not args.noise_label_file:
+        raise UserError("--noise_label_file is required for --task train_on_noisy_label "
+                        "(for the clean labels use --task train)")
+    data = load_data(args.data_dir)
+    path, noisy_labels, _ = load_noise(args, data)
+    return fit(args, model_save_dir, data, noisy_labels, path, console)
+
+
+def generate_noisy_label(args, model_save_dir, console):
+    """Writes {log_dir}/{noise_type}_noisy_label_{alpha}.pkl; returns its path."""
+    images, labels = load_split(args.data_dir, "train")
+    q, source = None, ""
+    if args.noise_type == "model":
+        model, source = load_trained_model(
+            args, model_save_dir, "train the clean model first: python mnist_classification.py --task train")
+        q = model_softmax(model, to_inputs(images, dist_util.dev()), args.eval_batch_size).cpu().numpy()
+    start_log(args, console)
+    if source:
+        logger.log(f"q = softmax of the clean model {source}")
+    clean = labels.numpy()
+    p = noise_distribution(args.noise_type, args.alpha, clean, q)
+    noisy = draw_labels(p, np.random.default_rng(args.seed))
+    path = os.path.join(args.log_dir, noise_file_name(args.noise_type, args.alpha))
+    save_noisy_labels(path, noisy, p)
+    summary = noise_summary(noisy, p, clean)
+    if q is not None:
+        summary["mean_q_true"] = float(q[np.arange(len(clean)), clean].mean())
+    for key, value in summary.items():
+        logger.logkv(key, value)
+    logger.dumpkvs()
+    logger.log(f"{args.noise_type} noise, alpha {args.alpha}: correct-label ratio "
+               f"{summary['correct_label_ratio']:.4f}, argmax p != c for {summary['argmax_wrong_ratio']:.4f}; "
+               f"saved {path}")
+    return path
+
+
+def predict_analysis(args, model_save_dir, console):
+    """
+    Over the training set: per class, the mean softmax against the mean noise distribution;
+    the average CE between p and the softmax against its minimum (the mean entropy of p);
+    the mean total-variation distance between them. With --noise_label_file "" the model is
+    compared with the clean labels. Writes {log_dir}/analysis_{labels name}.json and .png.
+    """
+    data = load_data(args.data_dir)
+    if args.noise_label_file:
+        labels_file, noisy_labels, p = load_noise(args, data)
+        hint = (f"train it first: python mnist_classification.py --task train_on_noisy_label "
+                f"--noise_label_file {args.noise_label_file}")
+    else:
+        labels_file, noisy_labels = "", data.train_y
+        p = F.one_hot(data.train_y, NUM_CLASSES).double()
+        hint = "train it first: python mnist_classification.py --task train"
+    model, checkpoint = load_trained_model(args, model_save_dir, hint)
+    start_log(args, console)
+    logger.log(f"analysing {checkpoint} against {labels_file or 'the clean labels'}")
+
+    train_logits = predict_logits(model, data.train_x, args.eval_batch_size)
+    test_logits = predict_logits(model, data.test_x, args.eval_batch_size)
+    log_softmax = F.log_softmax(train_logits.double(), dim=1)
+    softmax = log_softmax.exp()
+    in_class = F.one_hot(data.train_y, NUM_CLASSES).double()  # [N, 10]: image i is of class c
+    counts = in_class.sum(dim=0)
+
+    def per_class(values):  # [10, 10]: row c is the mean of `values` over the images of class c
+        return ((in_class.T @ values) / counts.clamp(min=1)[:, None]).tolist()
+
+    step = parse_resume_step_from_filename(checkpoint)
+    result = dict(
+        labels=labels_file or CLEAN,
+        checkpoint=checkpoint,
+        step=step,
+        correct_label_ratio=(noisy_labels == data.train_y).double().mean().item(),
+        clean_train_accuracy=accuracy(train_logits, data.train_y),
+        test_accuracy=accuracy(test_logits, data.test_y),
+        ce_average=(-(p * log_softmax).sum(dim=1)).mean().item(),
+        ce_minimum=(-th.special.xlogy(p, p).sum(dim=1)).mean().item(),
+        tv_mean=(0.5 * (softmax - p).abs().sum(dim=1)).mean().item(),
+        class_counts=counts.long().tolist(),
+        per_class_softmax=per_class(softmax),
+        per_class_noise=per_class(p),
+    )
+    for key in ("correct_label_ratio", "clean_train_accuracy", "test_accuracy", "ce_average", "ce_minimum", "tv_mean"):
+        logger.logkv(f"analysis/{key}", result[key])
+        logger.log(f"{key}: {result[key]:.4f}")
+    logger.dumpkvs(step)
+
+    name = labels_name(labels_file)
+    save_json(result, os.path.join(args.log_dir, f"analysis_{name}.json"))
+    fig = figures.per_class_figure(result["per_class_softmax"], result["per_class_noise"],
+                                   f"{name}, step {step}: mean prediction vs noise per class")
+    image = figures.save_figure(fig, os.path.join(args.log_dir, f"analysis_{name}.png"))
+    logger.write_image("predict_analysis", image, step)
+    return result
+
+
+TASK_FUNCTIONS = dict(train=train, generate_noisy_label=generate_noisy_label,
+                      train_on_noisy_label=train_on_noisy_label, predict_analysis=predict_analysis)
