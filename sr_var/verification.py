@@ -117,10 +117,15 @@ def image_metrics(truth, ddpm_mean, ddpm_var, model_mean, model_var, exact=None)
 
 
 def six_tiles(truth, ddpm_mean, model_mean, ddpm_var, model_var):
-    """ground truth | DDPM-SR mean | mean model | |truth - mean model| | DDPM-SR std | model std (uint8)."""
-    error = np.abs(truth - model_mean)
-    ddpm_std, model_std = np.sqrt(ddpm_var), np.sqrt(np.maximum(model_var, 0))
-    std_max = max(ddpm_std.max(), 1e-12)  # one scale for both std maps, so they compare
+    """
+    ground truth | DDPM-SR mean | mean model | |truth - mean model| | DDPM-SR std | model std,
+    as one uint8 image. The last three are grey (averaged over the colour channels); the two
+    std maps share one scale, so that they compare.
+    """
+    gray = lambda a: np.repeat(a.mean(axis=-1, keepdims=True), 3, axis=-1)  # noqa: E731
+    error = gray(np.abs(truth - model_mean))
+    ddpm_std, model_std = np.sqrt(gray(ddpm_var)), np.sqrt(gray(np.maximum(model_var, 0)))
+    std_max = max(ddpm_std.max(), model_std.max(), 1e-12)
     tiles = [truth, ddpm_mean, model_mean, error / max(error.max(), 1e-12) * 255,
              ddpm_std / std_max * 255, model_std / std_max * 255]
     return np.concatenate([np.clip(np.round(t), 0, 255).astype(np.uint8) for t in tiles], axis=1)
@@ -188,6 +193,8 @@ def verify(args):
     testbed = find_testbed(args)
 
     per_image, grid_rows = [], []
+    # the grid shows images spread over the list (data infos are ordered by class)
+    grid_images = set(np.linspace(0, len(names) - 1, min(args.num_grid_images, len(names))).round().astype(int))
     for i, (name, path) in enumerate(zip(names, paths)):
         truth_chw = load_image(path, args.large_size)
         truth = truth_chw.permute(1, 2, 0).numpy().astype(np.float64)
@@ -200,7 +207,7 @@ def verify(args):
         save_png(tiles, os.path.join(args.log_dir, "figures", f"{name}.png"))
         if i < args.max_tensorboard_images:
             logger.write_image("results", tiles, i + 1)
-        if i < args.num_grid_images:
+        if i in grid_images:
             grid_rows.append(tiles)
         if (i + 1) % 100 == 0:
             logger.log(f"compared {i + 1} of {len(names)} images")
@@ -211,7 +218,7 @@ def verify(args):
                    units="images in [0, 255], variances in [0, 255]^2",
                    per_image={name: r for name, r in zip(names, per_image)})
     save_json(results, os.path.join(args.log_dir, "results.json"))
-    save_grid(grid_rows, names[:len(grid_rows)], os.path.join(args.log_dir, "results_grid.png"))
+    save_grid(grid_rows, [names[i] for i in sorted(grid_images)], os.path.join(args.log_dir, "results_grid.png"))
     log_summary(results)
     return results
 
