@@ -189,6 +189,15 @@ def sr_create_model_and_diffusion(large_size, small_size, class_cond, learn_sigm
     return model, diffusion
 
 
+def diffusion_from_flags(flags):
+    """create_gaussian_diffusion from the diffusion_defaults() entries of a flags dict."""
+    return create_gaussian_diffusion(
+        steps=flags["diffusion_steps"], learn_sigma=flags["learn_sigma"], noise_schedule=flags["noise_schedule"],
+        use_kl=flags["use_kl"], predict_xstart=flags["predict_xstart"], rescale_timesteps=flags["rescale_timesteps"],
+        rescale_learned_sigmas=flags["rescale_learned_sigmas"], timestep_respacing=flags["timestep_respacing"],
+    )
+
+
 def create_gaussian_diffusion(*, steps=1000, learn_sigma=False, sigma_small=False, noise_schedule="linear",
                               use_kl=False, predict_xstart=False, rescale_timesteps=False,
                               rescale_learned_sigmas=False, timestep_respacing=""):

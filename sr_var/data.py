@@ -26,8 +26,8 @@ from guided_diffusion.io_util import load_pickle
 IMAGE_EXTENSIONS = (".JPEG", ".jpeg", ".jpg", ".JPG", ".png", ".PNG", ".bmp", ".webp")
 
 
-class BadImageError(Exception):
-    """A listed image that is missing or cannot be decoded."""
+class BadImageError(UserError):
+    """A listed image that cannot be decoded (a one-line error, also from loader workers)."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -92,24 +92,24 @@ def center_crop_arr(pil_image, image_size):
     return arr[crop_y:crop_y + image_size, crop_x:crop_x + image_size]
 
 
-def read_image(path):
-    """An RGB uint8 HWC array; BadImageError (naming the file) when it cannot be decoded."""
+def _open_rgb(path):
+    """The decoded image as an RGB PIL image; BadImageError (naming the file) when it cannot be."""
     try:
         with Image.open(path) as pil_image:
             pil_image.load()
-            return np.array(pil_image.convert("RGB"))
+            return pil_image.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise BadImageError(f"image {path!r} cannot be read: {e}") from None
+
+
+def read_image(path):
+    """An RGB uint8 HWC array."""
+    return np.array(_open_rgb(path))
 
 
 def load_image(path, image_size):
-    """The cropped image as a uint8 CHW tensor."""
-    try:
-        with Image.open(path) as pil_image:
-            pil_image.load()
-            arr = center_crop_arr(pil_image.convert("RGB"), image_size)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise BadImageError(f"image {path!r} cannot be read: {e}") from None
+    """The centre-cropped image as a uint8 CHW tensor."""
+    arr = center_crop_arr(_open_rgb(path), image_size)
     return th.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
@@ -159,12 +159,6 @@ class ImageDataset(Dataset):
         return load_image(self.paths[idx], self.image_size), idx
 
 
-def _raise_user_error(e):
-    """Turn a BadImageError raised in a loader worker back into a one-line UserError."""
-    message = str(e).strip().splitlines()[-1]
-    raise UserError(message.split("BadImageError: ", 1)[-1]) from None
-
-
 def iterate_images(paths, image_size, batch_size, num_workers=0, shuffle=False, sampler=None,
                    drop_last=False, epoch_seed=0):
     """Yield (uint8 [B,3,S,S], indices) once over `paths`."""
@@ -181,11 +175,8 @@ def iterate_images(paths, image_size, batch_size, num_workers=0, shuffle=False, 
     try:
         yield from loader
     except BadImageError as e:
-        _raise_user_error(e)
-    except Exception as e:  # DataLoader re-raises worker errors as their own type
-        if type(e).__name__ == "BadImageError" or "BadImageError" in str(e):
-            _raise_user_error(e)
-        raise
+        # From a loader worker the message carries the worker's traceback: keep its last line.
+        raise BadImageError(str(e).strip().splitlines()[-1].split("BadImageError: ", 1)[-1]) from None
 
 
 def load_all_images(paths, image_size, num_workers=0, batch_size=64):
@@ -207,13 +198,11 @@ def training_batches(paths, *, image_size, batch_size, num_workers=4, max_cache_
         logger.log(f"decoding {len(paths)} images into memory ({cache_gb * 1024:.0f} MiB)")
         images = load_all_images(paths, image_size, num_workers)
         generator = th.Generator().manual_seed(seed)
-        epoch = 0
         while True:
             order = th.randperm(len(paths), generator=generator)
             order = order[rank::world]  # the same permutation on every rank, sharded
             for i in range(0, len(order) - batch_size + 1, batch_size):
                 yield images[order[i:i + batch_size]]
-            epoch += 1
     else:
         logger.log(f"streaming {len(paths)} images with {num_workers} loader workers")
         epoch = 0

@@ -16,9 +16,8 @@ C0 = R (x) C0s makes the exact denoiser of a diffusion sampler cheap (`denoise`)
 """
 
 import json
-import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch as th

@@ -158,8 +158,8 @@ def test_verification_results_match_a_direct_computation(verification_dir):
     results = json.load(open(verification_dir / "log" / "results.json"))
     mses, var_errors = [], []
     for name in ("n00000000_0", "n00000000_1"):
-        samples = np.stack([np.array(Image.open(verification_dir / "ddpm" / name / "high_res_samples" / f"sample_{i}.png"))
-                            for i in range(3)]).astype(np.float64)
+        sample_dir = verification_dir / "ddpm" / name / "high_res_samples"
+        samples = np.stack([np.array(Image.open(sample_dir / f"sample_{i}.png")) for i in range(3)]).astype(np.float64)
         model_mean = np.array(Image.open(verification_dir / "sr" / name / "high_res_mean_7.png")).astype(np.float64)
         model_var = np.load(verification_dir / "sr" / name / "high_res_var_9.pkl", allow_pickle=True)
         mses.append(np.mean((samples.mean(0) - model_mean) ** 2))

@@ -3,8 +3,12 @@ The super-resolution mean/variance stages: data handling, the data-info builder,
 four commands end to end on a small ImageNet-like folder, and every bad input.
 """
 
+import csv
 import os
 import pickle
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,7 +18,7 @@ from PIL import Image
 from guided_diffusion.io_util import load_pickle
 from sr_var.data import center_crop_arr, low_res_input, to_float, to_uint8
 from sr_var.data_info import build_data_info
-from tests.conftest import assert_user_error, run_script
+from tests.conftest import ROOT, assert_user_error, run_script
 from tests.helpers import make_image_folder
 
 # The seed's MODEL_FLAGS with the sizes and widths cut for a CPU (32 px, 32 channels).
@@ -164,3 +168,19 @@ def test_bad_inputs_end_with_one_line(sr_run, tmp_path):
                        "data/sr_imagenet/train_data_info.pkl", "--log_dir", "logs/x", "--model_save_dir", "ck/x"],
                       cwd=sr_run, check=False)
     assert_user_error(proc, "--data_dir", "does not exist")
+
+
+def test_two_rank_ddp_training_under_mpiexec(sr_run):
+    """mpiexec -n 2: two ranks train one model (gloo on CPUs); rank 0 saves, each rank logs."""
+    mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable))
+    args = [mpiexec, "-n", "2", sys.executable, os.path.join(ROOT, "sr_mean_train.py"), *MEAN_FLAGS,
+            "--data_dir", "imagenet/train", "--data_info_dict_path", "data/sr_imagenet/train_data_info.pkl",
+            "--batch_size", "2", "--max_step", "2", "--save_interval", "2", "--log_interval", "1",
+            "--log_dir", "logs/ddp", "--model_save_dir", "checkpoints/ddp", "--num_workers", "0"]
+    proc = subprocess.run(args, cwd=sr_run, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert sorted(os.listdir(sr_run / "checkpoints/ddp")) == ["model000002.pt", "opt000002.pt"]
+    assert os.path.exists(sr_run / "logs/ddp/rank1/log.txt")
+    last = list(csv.DictReader(open(sr_run / "logs/ddp/progress.csv")))[-1]
+    assert last["step"] == "2" and last["samples"] == "8"  # 2 steps x batch 2 x 2 ranks

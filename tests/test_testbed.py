@@ -74,7 +74,7 @@ def test_exact_denoiser_matches_dense_gaussian_conditioning(tiny, alpha_bar):
     n = x0.size
     my, r = M @ y.ravel(), x_t.ravel() - a * (M @ y.ravel())
     logp, means, covs = [], [], []
-    for s, w, pk in zip(tiny.scales, tiny.params.weights, tiny.component_posterior(y)):
+    for s, pk in zip(tiny.scales, tiny.component_posterior(y)):
         cov_t = a ** 2 * s ** 2 * C0 + b2 * np.eye(n)
         logp.append(np.log(pk) - 0.5 * np.linalg.slogdet(cov_t)[1] - 0.5 * r @ np.linalg.solve(cov_t, r))
         gain = a * s ** 2 * C0 @ np.linalg.inv(cov_t)
