@@ -22,7 +22,7 @@ import torch as th
 from guided_diffusion import dist_util, logger
 from guided_diffusion.cli import UserError
 from guided_diffusion.io_util import load_model_weights, png_is_complete, remove_stale_tmp, save_png
-from guided_diffusion.script_util import SR_FLAG_NAMES, create_gaussian_diffusion, sr_create_model_and_diffusion
+from guided_diffusion.script_util import SR_FLAG_NAMES, diffusion_from_flags, sr_create_model_and_diffusion
 
 from .data import area_downsample, flatten_data_info, load_data_info, load_image, resolve_images, to_float, to_uint8
 from .testbed import is_testbed_file, load_testbed
@@ -42,6 +42,7 @@ def sampling_defaults():
         clip_denoised=True,
         local_rank=0,
         seed=0,
+        compile=False,  # torch.compile the network: ~1 min to compile, then faster steps on a GPU
     )
 
 
@@ -92,11 +93,7 @@ def load_sampler_model(args, model_and_diffusion_args):
         if testbed.params.large_size != args.large_size or testbed.params.small_size != args.small_size:
             raise UserError(f"the testbed {args.model_path!r} is {testbed.params.small_size}->"
                             f"{testbed.params.large_size} px; set --small_size and --large_size to match")
-        a = model_and_diffusion_args
-        diffusion = create_gaussian_diffusion(
-            steps=a["diffusion_steps"], learn_sigma=a["learn_sigma"], noise_schedule=a["noise_schedule"],
-            use_kl=a["use_kl"], predict_xstart=a["predict_xstart"], rescale_timesteps=a["rescale_timesteps"],
-            rescale_learned_sigmas=a["rescale_learned_sigmas"], timestep_respacing=a["timestep_respacing"])
+        diffusion = diffusion_from_flags(model_and_diffusion_args)
         logger.log(f"using the exact testbed teacher {args.model_path}")
         return TestbedTeacher(testbed, diffusion, args.learn_sigma), diffusion
     try:
@@ -164,6 +161,9 @@ def run_sampling(args, model, diffusion, todo):
             model.convert_to_fp16()
         else:
             logger.warn_once("--use_fp16 True needs a GPU; sampling in fp32 on the CPU")
+    if args.compile:
+        # Fuses the memory-bound GroupNorm/SiLU/casts that dominate a 256 px step on a GPU.
+        model = th.compile(model)
     total = sum(len(m) for *_, m in todo)
 
     bar = logger.progress_bar(total=total, desc="samples", unit="sample")

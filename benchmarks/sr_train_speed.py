@@ -1,0 +1,172 @@
+"""
+Mean-model training speed, images/s: this project's pipeline against a loop in the style of
+the original code, measured in one run on the same images, model config and device.
+
+    ours       images decoded once into memory (uint8), flips and area/bilinear resampling
+               batched on the device, SDPA attention, fused AdamW, the project's TrainLoop
+    reference  a Dataset that decodes, crops, converts and flips one image at a time in
+               NumPy, a DataLoader with one worker, resampling on the CPU, guided-diffusion's
+               einsum attention recomputed in the backward pass (its AttentionBlock always
+               checkpoints), fp32, AdamW without fused kernels
+
+    python benchmarks/sr_train_speed.py                       # a CPU-sized config
+    python benchmarks/sr_train_speed.py --preset seed --use_fp16 True   # the seed's, on a GPU
+"""
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch as th
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from guided_diffusion import logger  # noqa: E402
+from guided_diffusion.cli import str2bool  # noqa: E402
+from guided_diffusion.script_util import create_mean_model, mean_model_defaults  # noqa: E402
+from guided_diffusion.train_util import TrainLoop  # noqa: E402
+from guided_diffusion.unet import AttentionBlock, set_attention_backend  # noqa: E402
+from sr_var.data import center_crop_arr, sr_training_pairs, training_batches  # noqa: E402
+from tests.helpers import make_image_folder  # noqa: E402
+
+PRESETS = {
+    "cpu": dict(large_size=64, small_size=16, model_channels=32, channel_mult="1,2,2,2", num_res_blocks=1,
+                attention_resolutions="16,8", resblock_updown=True, num_heads=4, batch_size=16),
+    "seed": dict(large_size=256, small_size=64, model_channels=128, channel_mult="1,1,2,2,4", num_res_blocks=2,
+                 attention_resolutions="16", resblock_updown=True, num_heads=4, batch_size=8),
+}
+
+
+class PerItemDataset(Dataset):
+    """The original code's loading: one image at a time, float conversion and flip in NumPy."""
+
+    def __init__(self, paths, size):
+        self.paths, self.size = paths, size
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, idx):
+        with open(self.paths[idx], "rb") as f:
+            image = Image.open(f)
+            image.load()
+        arr = center_crop_arr(image.convert("RGB"), self.size)
+        if random.random() < 0.5:
+            arr = arr[:, ::-1]
+        arr = arr.astype(np.float32) / 127.5 - 1
+        return np.transpose(arr, [2, 0, 1]), idx
+
+
+def build(cfg, device, reference):
+    flags = {**mean_model_defaults(), **{k: v for k, v in cfg.items() if k in mean_model_defaults()}}
+    th.manual_seed(0)
+    model = create_mean_model(**flags).to(device)
+    if reference:
+        set_attention_backend(model, "einsum")
+        for module in model.modules():
+            if isinstance(module, AttentionBlock):
+                module.use_checkpoint = True
+    return model
+
+
+def measure_ours(cfg, paths, device, steps, warmup, use_fp16):
+    model = build(cfg, device, reference=False)
+    batches = training_batches(paths, image_size=cfg["large_size"], batch_size=cfg["batch_size"], num_workers=1)
+    pairs = sr_training_pairs(batches, cfg["small_size"], device)
+
+    def loss_fn(net, low_res_up, high_res):
+        out = net(low_res_up)
+        return F.mse_loss(out.float(), high_res), out
+
+    with tempfile.TemporaryDirectory() as tmp:
+        loop = TrainLoop(model=model, data=pairs, loss_fn=loss_fn, batch_size=cfg["batch_size"], lr=1e-4,
+                         model_save_dir=tmp, use_fp16=use_fp16, progress=False)
+        for _ in range(warmup):  # includes decoding the images into memory
+            loop.run_step(next(pairs))
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            loop.run_step(next(pairs))
+        sync(device)
+    return steps * cfg["batch_size"] / (time.perf_counter() - start)
+
+
+def measure_reference(cfg, paths, device, steps, warmup):
+    model = build(cfg, device, reference=True)
+    opt = th.optim.AdamW(model.parameters(), lr=1e-4, foreach=False)
+    loader = DataLoader(PerItemDataset(paths, cfg["large_size"]), batch_size=cfg["batch_size"], shuffle=True,
+                        num_workers=1, drop_last=True, pin_memory=device.type == "cuda", persistent_workers=True)
+
+    def batches():
+        while True:
+            yield from loader
+
+    data = batches()
+
+    def step():
+        large, _ = next(data)
+        small = F.interpolate(large, cfg["small_size"], mode="area")
+        small = F.interpolate(small, (cfg["large_size"],) * 2, mode="bilinear")
+        opt.zero_grad()
+        loss = F.mse_loss(model(small.to(device)), large.to(device))
+        loss.backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return steps * cfg["batch_size"] / (time.perf_counter() - start)
+
+
+def sync(device):
+    if device.type == "cuda":
+        th.cuda.synchronize()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best of each is kept")
+    parser.add_argument("--num_images", type=int, default=256)
+    parser.add_argument("--use_fp16", type=str2bool, default=False, help="ours only (the reference is fp32)")
+    parser.add_argument("--device", default="cuda" if th.cuda.is_available() else "cpu")
+    parser.add_argument("--json", default="")
+    args = parser.parse_args()
+
+    cfg, device = PRESETS[args.preset], th.device(args.device)
+    logger.configure(tempfile.mkdtemp(), format_strs=())
+    with tempfile.TemporaryDirectory() as folder:
+        names = make_image_folder(folder, num_classes=4, per_class=args.num_images // 4)
+        paths = [os.path.join(folder, f"{n}.JPEG") for n in names]
+        results = {"ours": [], "reference": []}
+        for _ in range(args.rounds):
+            results["reference"].append(measure_reference(cfg, paths, device, args.steps, args.warmup))
+            results["ours"].append(measure_ours(cfg, paths, device, args.steps, args.warmup, args.use_fp16))
+    best = {k: max(v) for k, v in results.items()}
+    name = th.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {th.get_num_threads()} threads"
+    print(f"preset {args.preset} ({cfg['large_size']} px, batch {cfg['batch_size']}), device {name}")
+    print(f"reference-style loop: {best['reference']:.2f} images/s  (rounds: "
+          f"{', '.join(f'{v:.2f}' for v in results['reference'])})")
+    print(f"ours:                 {best['ours']:.2f} images/s  (rounds: "
+          f"{', '.join(f'{v:.2f}' for v in results['ours'])})")
+    print(f"ours / reference: {best['ours'] / best['reference']:.2f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(vars(args), results=results, ratio=best["ours"] / best["reference"]), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
