@@ -19,6 +19,7 @@ import time
 import torch as th
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench_util import device_name, sync  # noqa: E402
 from guided_diffusion.cli import str2bool  # noqa: E402
 from guided_diffusion.script_util import sr_create_model_and_diffusion, sr_model_and_diffusion_defaults  # noqa: E402
 from guided_diffusion.unet import set_attention_backend  # noqa: E402
@@ -32,11 +33,6 @@ PRESETS = {
     "seed": dict(large_size=256, small_size=64, num_channels=192, num_res_blocks=2, attention_resolutions="32,16,8",
                  class_cond=True, learn_sigma=True, resblock_updown=True, num_heads=4),
 }
-
-
-def sync(device):
-    if device.type == "cuda":
-        th.cuda.synchronize()
 
 
 def samples_per_second(model, diffusion, low_res, y, n, size, device, dtype=None):
@@ -105,7 +101,7 @@ def main():
                                          args.batch_size, 32, device)
 
     best = {k: max(v) for k, v in results.items()}
-    name = th.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {th.get_num_threads()} threads"
+    name = device_name(device)
     steps = len(diffusion.timestep_map)
     ours_kind = args.dtype + (", compiled" if args.compile else "")
     print(f"preset {args.preset} ({size} px), batch {args.batch_size}, {steps} steps, ours {ours_kind}, {name}")

@@ -28,6 +28,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench_util import device_name, sync  # noqa: E402
 from guided_diffusion import logger  # noqa: E402
 from guided_diffusion.cli import str2bool  # noqa: E402
 from guided_diffusion.script_util import create_mean_model, mean_model_defaults  # noqa: E402
@@ -129,11 +130,6 @@ def measure_reference(cfg, paths, device, steps, warmup):
     return steps * cfg["batch_size"] / (time.perf_counter() - start)
 
 
-def sync(device):
-    if device.type == "cuda":
-        th.cuda.synchronize()
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
@@ -156,7 +152,7 @@ def main():
             results["reference"].append(measure_reference(cfg, paths, device, args.steps, args.warmup))
             results["ours"].append(measure_ours(cfg, paths, device, args.steps, args.warmup, args.use_fp16))
     best = {k: max(v) for k, v in results.items()}
-    name = th.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {th.get_num_threads()} threads"
+    name = device_name(device)
     print(f"preset {args.preset} ({cfg['large_size']} px, batch {cfg['batch_size']}), device {name}")
     print(f"reference-style loop: {best['reference']:.2f} images/s  (rounds: "
           f"{', '.join(f'{v:.2f}' for v in results['reference'])})")

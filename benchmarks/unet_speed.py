@@ -16,6 +16,7 @@ import time
 import torch as th
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench_util import device_name, sync  # noqa: E402
 from guided_diffusion.cli import str2bool  # noqa: E402
 from guided_diffusion.script_util import (  # noqa: E402
     create_mean_model,
@@ -67,15 +68,12 @@ def build(preset):
 
 
 def time_it(fn, iters, device):
-    def sync():
-        if device.type == "cuda":
-            th.cuda.synchronize()
     fn()
-    sync()
+    sync(device)
     start = time.perf_counter()
     for _ in range(iters):
         fn()
-    sync()
+    sync(device)
     return (time.perf_counter() - start) / iters
 
 
@@ -122,8 +120,7 @@ def main():
                     args.batch_size / time_it(forward_backward, args.iters, device))
 
     print(f"preset {args.preset} ({n_params / 1e6:.1f}M parameters), batch {args.batch_size}, "
-          f"{args.dtype}, device {device} ({th.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
-          f"{th.get_num_threads()} threads)")
+          f"{args.dtype}, device {device} ({device_name(device)})")
     summary = {}
     for mode in ("forward", "forward_backward"):
         if not results["sdpa"][mode]:
