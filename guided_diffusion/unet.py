@@ -236,7 +236,7 @@ def _attend(q, k, v, use_sdpa):
     """
     if use_sdpa:
         # SDPA's fused kernels (CPU flash, CUDA flash/memory-efficient) need a contiguous last
-        # dim; transposed views would send it to the slower math fallback (~2x on CPU).
+        # dim; transposed views would send it to the math fallback (2x slower on a CPU at small sizes).
         q, k, v = (t.transpose(-1, -2).contiguous() for t in (q, k, v))
         return F.scaled_dot_product_attention(q, k, v).transpose(-1, -2)
     # guided-diffusion's einsum form: scaling q and k separately is more stable in fp16.
