@@ -30,6 +30,7 @@ import torch as th
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench_util import sync  # noqa: E402
 from guided_diffusion import dist_util, logger  # noqa: E402
 from guided_diffusion.train_util import TrainLoop  # noqa: E402
 from noisy_mnist.data import load_split, to_inputs, train_batches  # noqa: E402
@@ -112,13 +113,11 @@ def our_stepper(images, noisy, save_dir):
 def seconds_per_step(step, steps, warmup):
     for _ in range(warmup):
         step()
-    if th.cuda.is_available():
-        th.cuda.synchronize()
+    sync(dist_util.dev())
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    if th.cuda.is_available():
-        th.cuda.synchronize()
+    sync(dist_util.dev())
     return (time.perf_counter() - start) / steps
 
 
