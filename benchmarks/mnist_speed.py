@@ -7,14 +7,17 @@ MNIST training speed, measured in one run (interleaved rounds, same data):
   ours       the data as float tensors on the device, a batch an index into them; the
              channels_last SimpleCNN with max-pool before ReLU; a step of the project's
              TrainLoop (fused Adam);
-  ours x2    two of our trainings at once in two processes of one thread each, as
-             scripts/mnist_sweep.py runs them (--workers 2): the time per step of the pair.
+  ours x2    two of our trainings at once in two processes of one thread each: the time
+             per step of the pair;
+  stacks     as scripts/mnist_sweep.py trains (--workers 2 --stack K): two processes of one
+             thread, each training a StackedCNN of K runs: the time per run-step of all.
 
 It also times one evaluation pass (70,000 images) and extrapolates the paper's sweep:
 clean + 3 noise types x 8 levels, 20,000 steps each, an evaluation every 2,000 steps.
 
     python benchmarks/mnist_speed.py                      # 60,000 synthetic images
     python benchmarks/mnist_speed.py --data_dir data/mnist --steps 500
+    python benchmarks/mnist_speed.py --stacks 4,5,8     # stack sizes to time
 """
 
 import argparse
@@ -36,7 +39,7 @@ from guided_diffusion.train_util import TrainLoop  # noqa: E402
 from noisy_mnist.data import load_split, to_inputs, train_batches  # noqa: E402
 from noisy_mnist.model import SimpleCNN, create_model, predict_logits  # noqa: E402
 from noisy_mnist.noise import draw_labels, noise_distribution  # noqa: E402
-from noisy_mnist.tasks import cross_entropy_loss  # noqa: E402
+from noisy_mnist.tasks import cross_entropy_loss, stacked_cross_entropy_loss  # noqa: E402
 
 SWEEP_RUNS, SWEEP_STEPS, SWEEP_EVALS = 25, 20000, 11  # 10 checkpoints + the analysis
 EVAL_BATCH = 2000
@@ -100,13 +103,17 @@ def per_item_stepper(images, labels, noisy, p):
     return step
 
 
-def our_stepper(images, noisy, save_dir):
+def our_stepper(images, noisy, save_dir, num_runs=0):
+    """A step of our TrainLoop: one SimpleCNN, or (num_runs >= 1) a StackedCNN of num_runs."""
     device = dist_util.dev()
     inputs = to_inputs(images, device)
-    loop = TrainLoop(model=create_model(256, "128,64", device),
-                     data=train_batches(inputs, th.from_numpy(noisy).to(device), 128, seed=0),
-                     loss_fn=cross_entropy_loss, batch_size=128, lr=1e-4, model_save_dir=save_dir,
-                     optimizer="adam", progress=False)
+    targets = th.from_numpy(noisy).to(device)
+    if num_runs:  # the runs' labels differ in a sweep; here a different roll of them each
+        targets = th.stack([targets.roll(i) for i in range(num_runs)], dim=1)
+    loop = TrainLoop(model=create_model(256, "128,64", device, num_runs),
+                     data=train_batches(inputs, targets, 128, seed=0),
+                     loss_fn=stacked_cross_entropy_loss if num_runs else cross_entropy_loss, batch_size=128,
+                     lr=1e-4, model_save_dir=save_dir, optimizer="adam", progress=False)
     return lambda: loop.run_step(next(loop.data)), loop.model, inputs
 
 
@@ -122,7 +129,7 @@ def seconds_per_step(step, steps, warmup):
 
 
 def eval_seconds(model, inputs):
-    """One evaluation pass over 70,000 images (a checkpoint's train + test evaluation)."""
+    """One evaluation pass over 70,000 images (a checkpoint's train + test evaluation; of all runs of a stack)."""
     repeat = -(-70000 // len(inputs))
     start = time.perf_counter()
     for _ in range(repeat):
@@ -134,7 +141,7 @@ def _concurrent_worker(args, barrier, queue):
     th.set_num_threads(1)
     images, _, noisy, _ = load_data(args["data_dir"], args["n"])
     with tempfile.TemporaryDirectory() as tmp:
-        step, model, inputs = our_stepper(images, noisy, tmp)
+        step, model, inputs = our_stepper(images, noisy, tmp, args["num_runs"])
         for _ in range(args["warmup"]):
             step()
         barrier.wait()  # both trainings timed over the same stretch
@@ -142,7 +149,10 @@ def _concurrent_worker(args, barrier, queue):
 
 
 def concurrent_seconds_per_step(args, processes=2):
-    """Time per step of `processes` single-threaded trainings running at once (of the group)."""
+    """
+    Time per run-step of `processes` single-threaded trainings running at once, each of
+    args["num_runs"] stacked runs (0: one SimpleCNN); and the longest evaluation pass per run.
+    """
     ctx = multiprocessing.get_context("spawn")
     barrier, queue = ctx.Barrier(processes), ctx.Queue()
     workers = [ctx.Process(target=_concurrent_worker, args=(args, barrier, queue)) for _ in range(processes)]
@@ -151,8 +161,9 @@ def concurrent_seconds_per_step(args, processes=2):
     results = [queue.get() for _ in workers]
     for w in workers:
         w.join()
-    steps_per_second = sum(1 / s for s, _ in results)
-    return 1 / steps_per_second, max(e for _, e in results)
+    runs = max(1, args["num_runs"])
+    run_steps_per_second = sum(runs / s for s, _ in results)
+    return 1 / run_steps_per_second, max(e for _, e in results) / runs
 
 
 def main():
@@ -163,6 +174,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrent", type=int, default=1, help="1: also time two single-threaded trainings")
+    parser.add_argument("--stacks", default="5", help="stack sizes to time in two processes ('': none)")
     parser.add_argument("--json", default="", help="also write the results to this file")
     args = parser.parse_args()
 
@@ -185,18 +197,20 @@ def main():
                   speedup=best["per_item"] / best["ours"], eval_pass_s=evaluation)
     sweep_s = SWEEP_RUNS * (SWEEP_STEPS * best["ours"] + SWEEP_EVALS * evaluation)
     result["sweep_minutes"] = {"ours, one process": sweep_s / 60}
-    if args.concurrent:
-        pair_step, pair_eval = concurrent_seconds_per_step(dict(vars(args)))
-        result["ms_per_step"]["ours x2 (pair)"] = 1000 * pair_step
-        result["eval_pass_s_one_thread"] = pair_eval
-        result["sweep_minutes"]["ours, 2 workers"] = (
-            SWEEP_RUNS * SWEEP_STEPS * pair_step + SWEEP_RUNS * SWEEP_EVALS * pair_eval / 2) / 60
+    concurrent = ([("ours x2 (pair)", 0)] if args.concurrent else []) + \
+        [(f"stacks of {k} x2", k) for k in (int(x) for x in args.stacks.split(",") if x)]
+    for name, num_runs in concurrent:
+        # per run-step (all runs of both processes); an evaluation pass per run, both processes at once
+        run_step, run_eval = concurrent_seconds_per_step(dict(vars(args), num_runs=num_runs))
+        result["ms_per_step"][name] = 1000 * run_step
+        result.setdefault("eval_pass_s_per_run_one_thread", {})[name] = run_eval
+        result["sweep_minutes"][name] = SWEEP_RUNS * (SWEEP_STEPS * run_step + SWEEP_EVALS * run_eval / 2) / 60
     result["load_average"] = [load_before, os.getloadavg()[0]]
 
     print(f"{result['images']} images, {result['threads']} threads, {result['device']}, torch {result['torch']}; "
           f"best of {args.rounds} rounds of {args.steps} steps")
     for name, ms in result["ms_per_step"].items():
-        print(f"  {name:>15}: {ms:6.2f} ms/step")
+        print(f"  {name:>18}: {ms:6.2f} ms per step (of one run)")
     print(f"  every round: {result['ms_per_step_rounds']}")
     print(f"  ours is {result['speedup']:.2f}x faster per step than the per-item pipeline")
     print(f"  one evaluation pass (70,000 images): {evaluation:.2f} s")

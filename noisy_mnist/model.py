@@ -40,6 +40,45 @@ class SimpleCNN(nn.Module):
         return self.fc3(x)
 
 
+class StackedCNN(nn.Module):
+    """
+    K SimpleCNNs that see the same images, trained as one network: conv1 is one convolution
+    with 6K output channels, conv2 a convolution of K groups, the linear layers batched
+    matmuls. forward(x [B, 1, 28, 28]) gives the K models' logits [K, B, 10]. The runs share
+    no parameter and Adam is elementwise, so training the stack on the sum of the K losses
+    is training each model on its own loss; the wide layers use the CPU better than K
+    separate small ones. Parameter `conv1_weight` is the K models' `conv1.weight` stacked.
+    """
+
+    def __init__(self, models):
+        super().__init__()
+        self.num_runs = len(models)
+        for key in models[0].state_dict():
+            stacked = th.stack([m.state_dict()[key].detach() for m in models]).contiguous()
+            self.register_parameter(key.replace(".", "_"), nn.Parameter(stacked))
+
+    def forward(self, x):
+        k, b = self.num_runs, x.shape[0]
+        # channels_last weights select the faster kernels. clone, not contiguous: conv1's one
+        # input channel makes a plain [6K, 1, 5, 5] count as channels_last already.
+        conv1_weight = self.conv1_weight.flatten(0, 1).clone(memory_format=th.channels_last)
+        conv2_weight = self.conv2_weight.flatten(0, 1).clone(memory_format=th.channels_last)
+        x = F.conv2d(x, conv1_weight, self.conv1_bias.flatten())
+        x = F.relu(F.max_pool2d(x, 2))
+        x = F.conv2d(x, conv2_weight, self.conv2_bias.flatten(), groups=k)
+        x = F.relu(F.max_pool2d(x, 2))  # [B, 16K, 4, 4]: model i's channels are 16i..16i+15
+        x = x.reshape(b, k, CONV_FEATURES).transpose(0, 1)
+        x = F.relu(th.baddbmm(self.fc1_bias[:, None], x, self.fc1_weight.transpose(1, 2)))
+        x = F.relu(th.baddbmm(self.fc2_bias[:, None], x, self.fc2_weight.transpose(1, 2)))
+        return th.baddbmm(self.fc3_bias[:, None], x, self.fc3_weight.transpose(1, 2))
+
+    def unstack(self, state_dict=None):
+        """The K models' state_dicts with SimpleCNN's keys (of `state_dict`, a stack's, if given)."""
+        state_dict = self.state_dict() if state_dict is None else state_dict
+        keys = {name: name.replace("_", ".", 1) for name in state_dict}  # conv1_weight -> conv1.weight
+        return [{keys[name]: value[i].clone() for name, value in state_dict.items()} for i in range(self.num_runs)]
+
+
 def parse_hidden_dims(hidden_dims):
     """"128,64" -> (128, 64); anything else is a UserError naming --hidden_dims."""
     try:
@@ -51,13 +90,24 @@ def parse_hidden_dims(hidden_dims):
     return dims
 
 
-def create_model(input_dim, hidden_dims, device):
-    """A SimpleCNN on `device`, in channels_last memory format (the faster CPU kernels)."""
+def create_model(input_dim, hidden_dims, device, num_runs=0):
+    """
+    A SimpleCNN on `device`, in channels_last memory format (the faster CPU kernels); with
+    num_runs >= 1 a StackedCNN of that many, each initialised as a SimpleCNN created here
+    at the same point of the random stream would be (so all alike after th.manual_seed).
+    """
     if input_dim != CONV_FEATURES:
         raise UserError(f"--input_dim {input_dim} must be {CONV_FEATURES} "
                         f"(16 channels x 4 x 4 after the convolutions of a 28x28 image)")
-    model = SimpleCNN(input_dim, parse_hidden_dims(hidden_dims))
-    return model.to(device, memory_format=th.channels_last)
+    dims = parse_hidden_dims(hidden_dims)
+    if num_runs:
+        state = th.random.get_rng_state()
+        models = []
+        for _ in range(num_runs):
+            th.random.set_rng_state(state)
+            models.append(SimpleCNN(input_dim, dims))
+        return StackedCNN(models).to(device)
+    return SimpleCNN(input_dim, dims).to(device, memory_format=th.channels_last)
 
 
 def load_weights(model, path, flag):
@@ -67,6 +117,6 @@ def load_weights(model, path, flag):
 
 @th.no_grad()
 def predict_logits(model, images, batch_size):
-    """The model's float32 logits [N, 10] for input images [N, 1, 28, 28], in eval mode."""
+    """The float32 logits [N, 10] (a StackedCNN's: [K, N, 10]) of input images [N, 1, 28, 28], in eval mode."""
     model.eval()
-    return th.cat([model(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    return th.cat([model(images[i:i + batch_size]) for i in range(0, len(images), batch_size)], dim=-2)

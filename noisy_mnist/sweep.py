@@ -4,18 +4,21 @@ level, noisy labels, a model trained on them, and its analysis; then a results t
 figures drawn from it. Everything of a sweep lives under out_dir:
 
     labels/{type}_noisy_label_{alpha}.pkl   the drawn labels (log.txt: their statistics)
-    checkpoints/{run}/                      model*.pt, opt*.pt
-    logs/{run}/                             log.txt, progress.csv, TensorBoard events,
-                                            train_{run}.json, analysis_{run}.json / .png
+    checkpoints/{run}/                      model*.pt of the run (SimpleCNN's format)
+    checkpoints/stacks/{stack}/             model*.pt, opt*.pt of a stack (what it resumes from)
+    logs/{run}/                             train_{run}.json, analysis_{run}.json / .png, log.txt
+    logs/stacks/{stack}/                    the stack's training log, TensorBoard events
     results.json, results.csv, figures/*.png
 
-A run is "clean" or the noisy-label file's stem. A rerun skips every stage whose output
-exists and continues a killed training from its latest checkpoint. Independent runs go
-to `workers` processes: on a small CPU two single-threaded trainings get more done than
-one two-threaded training (the layers are too small to keep two threads busy).
+A run is "clean" or the noisy-label file's stem. All runs share the seed, hence the initial
+weights and the batch order, so up to `stack` of them train together as one StackedCNN
+(the same computation, and much faster on a CPU than one small network at a time); stacks
+go to `workers` processes. A rerun skips every stage whose output exists and continues a
+killed stack from its latest checkpoint (keep --stack and --levels the same for that).
 """
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -48,7 +51,8 @@ def sweep_defaults():
         noise_types="uniform,fix,model",
         levels="",  # target correct-label ratios, e.g. 0.9,0.5; "": the paper's eight per type
         seed=0,
-        workers=2,  # training processes at a time; they share the CPU cores
+        stack=5,  # runs trained together as one stacked network (1: one at a time)
+        workers=2,  # stacks training at a time, in processes that share the CPU cores
         eval_batch_size=2000,
         paper_results=figures.PAPER_RESULTS,
     )
@@ -71,49 +75,75 @@ def clean_dir(cfg):
     return os.path.join(cfg["out_dir"], "checkpoints", tasks.CLEAN)
 
 
-def train_and_analyse(cfg, noise_label_file, console):
-    """Train the run of noise_label_file ("": clean labels) and analyse it; returns the analysis."""
-    name = tasks.labels_name(noise_label_file)
-    where = dict(log_dir=os.path.join(cfg["out_dir"], "logs", name), noise_label_file=noise_label_file,
-                 model_save_dir=os.path.join(cfg["out_dir"], "checkpoints", name))
-    if not os.path.isfile(os.path.join(where["model_save_dir"], final_checkpoint(cfg))):
-        task = "train_on_noisy_label" if noise_label_file else "train"
-        tasks.run(stage_args(cfg, task=task, resume_checkpoint="latest", **where), console)
-    analysis_path = os.path.join(where["log_dir"], f"analysis_{name}.json")
+def labels_path(cfg, noise_type, alpha):
+    return os.path.join(cfg["out_dir"], "labels", noise_file_name(noise_type, alpha))
+
+
+def make_labels(cfg, noise_type, alpha, console):
+    """Draw the noisy labels of one type and alpha (once); returns the run spec."""
+    path = labels_path(cfg, noise_type, alpha)
+    if not os.path.isfile(path):
+        tasks.run(stage_args(cfg, task="generate_noisy_label", noise_type=noise_type, alpha=alpha,
+                             log_dir=os.path.dirname(path), model_save_dir=clean_dir(cfg),
+                             resume_checkpoint=final_checkpoint(cfg)), console)
+    return (noise_type, alpha, path)
+
+
+def run_dirs(cfg, labels_file):
+    name = tasks.labels_name(labels_file)
+    return dict(log_dir=os.path.join(cfg["out_dir"], "logs", name),
+                model_save_dir=os.path.join(cfg["out_dir"], "checkpoints", name))
+
+
+def train_stack(cfg, specs, console):
+    """
+    Train the runs of specs [(noise type, alpha, labels file ("": clean))] as one stack
+    unless all have their final checkpoint, then analyse each; returns their results rows.
+    """
+    start = time.time()
+    runs = [SimpleNamespace(labels_file=path, **run_dirs(cfg, path)) for _, _, path in specs]
+    if not all(os.path.isfile(os.path.join(run.model_save_dir, final_checkpoint(cfg))) for run in runs):
+        names = [tasks.labels_name(run.labels_file) for run in runs]
+        stack = f"{names[0]}+{len(names) - 1}-{hashlib.sha1(' '.join(names).encode()).hexdigest()[:8]}"
+        args = stage_args(cfg, task="train_stack", model_save_dir=os.path.join(cfg["out_dir"], "checkpoints",
+                                                                                "stacks", stack),
+                          log_dir=os.path.join(cfg["out_dir"], "logs", "stacks", stack))
+        data = tasks.load_data(cfg["data_dir"])
+        for run in runs:
+            run.targets = tasks.load_noise(stage_args(cfg, noise_label_file=run.labels_file), data)[1] \
+                if run.labels_file else data.train_y
+        tasks.fit_stack(args, runs, data, console)
+    rows = [dict(noise_type=t, alpha=a, **analyse(cfg, run, console)) for (t, a, _), run in zip(specs, runs)]
+    for row in rows:
+        _report(row, start)
+    return rows
+
+
+def analyse(cfg, run, console):
+    """predict_analysis of a run's final checkpoint (once)."""
+    name = tasks.labels_name(run.labels_file)
+    analysis_path = os.path.join(run.log_dir, f"analysis_{name}.json")
     if os.path.isfile(analysis_path):
         with open(analysis_path) as f:
             analysis = json.load(f)
         if analysis["step"] == cfg["max_step"]:
             return analysis
-    return tasks.run(stage_args(cfg, task="predict_analysis", resume_checkpoint=final_checkpoint(cfg), **where),
-                     console)
-
-
-def clean_run(cfg, console):
-    start = time.time()
-    row = dict(noise_type=tasks.CLEAN, alpha=1.0, **train_and_analyse(cfg, "", console))
-    _report(row, start)
-    return row
-
-
-def noisy_run(cfg, noise_type, alpha, console):
-    """Noisy labels of one type and alpha, training on them, analysis; returns the results row."""
-    start = time.time()
-    labels_dir = os.path.join(cfg["out_dir"], "labels")
-    labels_path = os.path.join(labels_dir, noise_file_name(noise_type, alpha))
-    if not os.path.isfile(labels_path):
-        tasks.run(stage_args(cfg, task="generate_noisy_label", noise_type=noise_type, alpha=alpha,
-                             log_dir=labels_dir, model_save_dir=clean_dir(cfg),
-                             resume_checkpoint=final_checkpoint(cfg)), console)
-    row = dict(noise_type=noise_type, alpha=alpha, **train_and_analyse(cfg, labels_path, console))
-    _report(row, start)
-    return row
+    return tasks.run(stage_args(cfg, task="predict_analysis", resume_checkpoint=final_checkpoint(cfg),
+                                noise_label_file=run.labels_file, log_dir=run.log_dir,
+                                model_save_dir=run.model_save_dir), console)
 
 
 def _report(row, start):
     print(f"{row['labels']}: correct-label ratio {row['correct_label_ratio']:.4f}, test accuracy "
           f"{row['test_accuracy']:.4f}, CE {row['ce_average']:.4f} (minimum {row['ce_minimum']:.4f}), "
-          f"TV {row['tv_mean']:.4f} [{time.time() - start:.0f} s]", flush=True)
+          f"TV {row['tv_mean']:.4f} [stack done in {time.time() - start:.0f} s]", flush=True)
+
+
+def split_into_stacks(specs, stack):
+    """specs in ceil(len / stack) consecutive groups of near-equal size (balanced workers)."""
+    count = -(-len(specs) // stack)
+    bounds = [round(i * len(specs) / count) for i in range(count + 1)]
+    return [specs[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
 def mean_true_class_probability(cfg):
@@ -156,8 +186,9 @@ def _run_now(fn, *args):
 
 def run_sweep(cfg):
     start = time.time()
-    if cfg["workers"] < 1:
-        raise UserError(f"--workers {cfg['workers']} should be at least 1")
+    for flag in ("workers", "stack"):
+        if cfg[flag] < 1:
+            raise UserError(f"--{flag} {cfg[flag]} should be at least 1")
     require_file(cfg["paper_results"], "paper_results")
     levels = target_levels(cfg)
     for split in ("train", "test"):
@@ -165,23 +196,25 @@ def run_sweep(cfg):
     pool, console, own_threads = None, cfg["workers"] == 1, th.get_num_threads()
     if not console:
         threads = max(1, len(os.sched_getaffinity(0)) // cfg["workers"])
-        th.set_num_threads(threads)  # this process also evaluates the clean model meanwhile
+        th.set_num_threads(threads)  # this process also draws the model-noise labels meanwhile
         pool = ProcessPoolExecutor(cfg["workers"], mp_context=get_context("spawn"),
                                    initializer=_init_worker, initargs=(threads,))
     submit = pool.submit if pool else _run_now
     try:
-        jobs = [submit(clean_run, cfg, console)]
-        for noise_type in levels:
-            if noise_type != "model":  # these need no clean model: they start at once
-                jobs += [submit(noisy_run, cfg, noise_type, ratio, console) for ratio in levels[noise_type]]
+        # The clean run and the runs that need no clean model start at once.
+        first = [(tasks.CLEAN, 1.0, "")] + [make_labels(cfg, noise_type, ratio, console)
+                                          for noise_type in levels if noise_type != "model"
+                                          for ratio in levels[noise_type]]
+        jobs = [submit(train_stack, cfg, group, console) for group in split_into_stacks(first, cfg["stack"])]
         if "model" in levels:
-            jobs[0].result()
+            jobs[0].result()  # the stack with the clean run
             # E[correct-label ratio] = alpha * mean q[c], so this alpha lands near the target.
             mean_q = mean_true_class_probability(cfg)
             print(f"clean model: mean softmax at the true class {mean_q:.4f}", flush=True)
             alphas = dict.fromkeys(min(1.0, round(ratio / mean_q, 4)) for ratio in levels["model"])
-            jobs += [submit(noisy_run, cfg, "model", alpha, console) for alpha in alphas]
-        rows = [job.result() for job in jobs]
+            model_runs = [make_labels(cfg, "model", alpha, console) for alpha in alphas]
+            jobs += [submit(train_stack, cfg, group, console) for group in split_into_stacks(model_runs, cfg["stack"])]
+        rows = [row for job in jobs for row in job.result()]
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from guided_diffusion import dist_util, logger
 from guided_diffusion.cli import UserError, check_choice, require_file
-from guided_diffusion.io_util import save_json
+from guided_diffusion.io_util import save_json, save_torch
 from guided_diffusion.train_util import (
     TrainLoop,
     list_checkpoints,
@@ -142,6 +142,16 @@ def cross_entropy_loss(model, inputs, targets):
     return F.cross_entropy(logits, targets), logits
 
 
+def stacked_cross_entropy_loss(model, inputs, targets):
+    """
+    TrainLoop's loss_fn for a StackedCNN, targets [B, K]: the sum over the K runs of each
+    run's mean loss, so each model gets exactly the gradient it would get alone (a mean
+    over runs would scale the gradients by 1/K, which Adam's eps does not ignore).
+    """
+    logits = model(inputs)  # [K, B, 10]
+    return F.cross_entropy(logits.flatten(0, 1), targets.T.flatten(), reduction="sum") / len(inputs), logits
+
+
 def accuracy(logits, labels):
     return (logits.argmax(dim=1) == labels).double().mean().item()
 
@@ -152,11 +162,48 @@ def start_log(args, console):
     logger.log(f"task {args.task}: {vars(args)}")
 
 
+class TrainingHistory:
+    """
+    A run's evaluations at its checkpoints (CE on its training targets, accuracy on the clean
+    training labels and on the test set), kept in {log_dir}/train_{labels name}.json. A
+    resumed run keeps the evaluations up to the step it resumes from.
+    """
+
+    def __init__(self, log_dir, labels_file, model_save_dir, start_step):
+        self.path = os.path.join(log_dir, f"train_{labels_name(labels_file)}.json")
+        self.header = dict(labels=labels_file or CLEAN, model_save_dir=model_save_dir)
+        self.evaluations = []
+        if start_step and os.path.isfile(self.path):
+            with open(self.path) as f:
+                self.evaluations = [e for e in json.load(f)["evaluations"] if e["step"] <= start_step]
+
+    def add(self, step, train_logits, test_logits, targets, data, prefix="eval/"):
+        """Record and log the evaluation of one checkpoint from its logits on both splits."""
+        result = dict(step=step, train_ce=F.cross_entropy(train_logits, targets).item(),
+                      clean_train_accuracy=accuracy(train_logits, data.train_y),
+                      test_accuracy=accuracy(test_logits, data.test_y))
+        self.evaluations = [e for e in self.evaluations if e["step"] != step] + [result]
+        save_json(dict(self.header, evaluations=self.evaluations), self.path)
+        for key, value in result.items():
+            if key != "step":
+                logger.logkv(f"{prefix}{key}", value)
+        logger.log(f"{self.header['labels']} step {step}: " +
+                   ", ".join(f"{k} {v:.4f}" for k, v in result.items() if k != "step"))
+        return result
+
+
+def train_loop(args, model, batches, loss_fn, model_save_dir, resume, on_save, console):
+    """The project's TrainLoop with the MNIST settings of args (Adam, no weight decay)."""
+    return TrainLoop(model=model, data=batches, loss_fn=loss_fn, batch_size=args.batch_size, lr=args.lr,
+                     model_save_dir=model_save_dir, optimizer="adam", max_step=args.max_step,
+                     resume_checkpoint=resume, log_interval=args.log_interval, save_interval=args.save_interval,
+                     on_save=on_save, progress=console)
+
+
 def fit(args, model_save_dir, data, targets, labels_file, console):
     """
-    Train a fresh or resumed model on (data.train_x, targets) with the project's TrainLoop.
-    At every checkpoint: CE on the training targets, accuracy on the clean training labels
-    and on the test set, logged and kept in {log_dir}/train_{labels name}.json.
+    Train a fresh or resumed model on (data.train_x, targets) with the project's TrainLoop,
+    evaluating it at every checkpoint (TrainingHistory). Returns the history's path.
     """
     model = create_model(args.input_dim, args.hidden_dims, dist_util.dev())
     resume = resolve_resume_checkpoint(model_save_dir, args.resume_checkpoint)
@@ -164,43 +211,52 @@ def fit(args, model_save_dir, data, targets, labels_file, console):
     batches = train_batches(data.train_x, targets, args.batch_size, args.seed, start_step)
     start_log(args, console)
     logger.log(f"training on {labels_file or 'the clean labels'}; checkpoints in {model_save_dir}")
-    results_path = os.path.join(args.log_dir, f"train_{labels_name(labels_file)}.json")
-    history = []
-    if start_step and os.path.isfile(results_path):  # keep the evaluations of the run resumed
-        with open(results_path) as f:
-            history = [e for e in json.load(f)["evaluations"] if e["step"] <= start_step]
+    history = TrainingHistory(args.log_dir, labels_file, model_save_dir, start_step)
 
     def evaluate(step):
+        history.add(step, predict_logits(model, data.train_x, args.eval_batch_size),
+                    predict_logits(model, data.test_x, args.eval_batch_size), targets, data)
+        logger.dumpkvs(step)
+
+    train_loop(args, model, batches, cross_entropy_loss, model_save_dir, resume, evaluate, console).run_loop()
+    return history.path
+
+
+def fit_stack(args, runs, data, console):
+    """
+    Train the runs of `runs` (each with labels_file, targets [N], model_save_dir, log_dir)
+    together as one StackedCNN, as `fit` would train each alone with the same args: they
+    share the seed, hence the initial weights and the batch order. The stack's own
+    checkpoints (model*.pt, opt*.pt: what a killed stack resumes from) go to
+    args.model_save_dir, its log to args.log_dir; at every checkpoint each run gets its
+    model{step}.pt in SimpleCNN's format in its model_save_dir and its TrainingHistory.
+    """
+    th.manual_seed(args.seed)
+    model = create_model(args.input_dim, args.hidden_dims, dist_util.dev(), num_runs=len(runs))
+    resume = resolve_resume_checkpoint(args.model_save_dir, "latest")
+    start_step = parse_resume_step_from_filename(resume)
+    targets = th.stack([run.targets for run in runs], dim=1)  # [N, K]
+    batches = train_batches(data.train_x, targets, args.batch_size, args.seed, start_step)
+    start_log(args, console)
+    logger.log(f"training {len(runs)} runs as one stack (logged loss: their sum): "
+               f"{', '.join(labels_name(run.labels_file) for run in runs)}")
+    histories = [TrainingHistory(run.log_dir, run.labels_file, run.model_save_dir, start_step) for run in runs]
+
+    def export_and_evaluate(step):
         train_logits = predict_logits(model, data.train_x, args.eval_batch_size)
         test_logits = predict_logits(model, data.test_x, args.eval_batch_size)
-        result = dict(step=step, train_ce=F.cross_entropy(train_logits, targets).item(),
-                      clean_train_accuracy=accuracy(train_logits, data.train_y),
-                      test_accuracy=accuracy(test_logits, data.test_y))
-        for key, value in result.items():
-            if key != "step":
-                logger.logkv(f"eval/{key}", value)
+        for i, (run, state) in enumerate(zip(runs, model.unstack())):
+            save_torch(state, os.path.join(run.model_save_dir, f"model{step:06d}.pt"))
+            histories[i].add(step, train_logits[i], test_logits[i], run.targets, data,
+                             prefix=f"eval/{labels_name(run.labels_file)}/")
         logger.dumpkvs(step)
-        logger.log(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items() if k != "step"))
-        history.append(result)
-        save_json(dict(labels=labels_file or CLEAN, model_save_dir=model_save_dir, evaluations=history),
-                  results_path)
 
-    TrainLoop(
-        model=model,
-        data=batches,
-        loss_fn=cross_entropy_loss,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        model_save_dir=model_save_dir,
-        optimizer="adam",
-        max_step=args.max_step,
-        resume_checkpoint=resume,
-        log_interval=args.log_interval,
-        save_interval=args.save_interval,
-        on_save=evaluate,
-        progress=console,
-    ).run_loop()
-    return results_path
+    loop = train_loop(args, model, batches, stacked_cross_entropy_loss, args.model_save_dir, resume,
+                      export_and_evaluate, console)
+    loop.run_loop()
+    final = f"model{loop.step:06d}.pt"
+    if not all(os.path.isfile(os.path.join(run.model_save_dir, final)) for run in runs):
+        export_and_evaluate(loop.step)  # killed after the stack's checkpoint, before the runs' export
 
 
 # ---------------------------------------------------------------------------------------

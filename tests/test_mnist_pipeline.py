@@ -16,6 +16,7 @@ import pytest
 import torch as th
 
 from noisy_mnist import tasks
+from noisy_mnist.model import SimpleCNN, create_model
 from noisy_mnist.sweep import COLUMNS, run_sweep, sweep_defaults
 from tests.conftest import assert_user_error, run_script
 
@@ -177,6 +178,79 @@ def test_resume_continues_the_step_count_and_the_run(data_dir, tmp_path):
     straight = th.load(tmp_path / "b" / "model000016.pt", weights_only=True)
     for key in straight:
         th.testing.assert_close(resumed[key], straight[key], rtol=1e-5, atol=1e-7)
+
+
+def test_stacked_models_are_the_separate_models(data_dir):
+    """Same initial weights as a SimpleCNN after the same seed, same logits, same gradients per run."""
+    th.manual_seed(3)
+    single = create_model(256, "128,64", "cpu")
+    th.manual_seed(3)
+    stack = create_model(256, "128,64", "cpu", num_runs=3)
+    for state in stack.unstack():
+        SimpleCNN().load_state_dict(state, strict=True)  # the original keys and shapes
+        for key, value in single.state_dict().items():
+            assert th.equal(state[key], value)
+    data = tasks.load_data(data_dir)
+    x, targets = data.train_x[:64], th.stack([data.train_y[:64], 9 - data.train_y[:64], data.train_y[64:128]], dim=1)
+    loss, logits = tasks.stacked_cross_entropy_loss(stack, x, targets)
+    loss.backward()
+    grads = stack.unstack({name: p.grad for name, p in stack.named_parameters()})
+    for i in range(3):
+        single.zero_grad()
+        run_loss, run_logits = tasks.cross_entropy_loss(single, x, targets[:, i])
+        run_loss.backward()
+        th.testing.assert_close(logits[i], run_logits, rtol=1e-5, atol=1e-6)
+        for name, p in single.named_parameters():  # float32 rounding differs, nothing else
+            th.testing.assert_close(grads[i][name], p.grad, rtol=1e-4, atol=1e-8)
+
+
+def fit_runs(data_dir, root, names, max_step, stacked):
+    """Train runs on the clean labels ("clean") or shuffled ones ("shuffled"), stacked or one by one."""
+    common = dict(data_dir=data_dir, max_step=max_step, save_interval=4, log_interval=2)
+    data = tasks.load_data(data_dir)
+    targets = dict(clean=data.train_y, shuffled=data.train_y[th.randperm(N_TRAIN, generator=th.Generator().manual_seed(1))])
+    runs = [SimpleNamespace(labels_file=f"{name}.pkl" if name != "clean" else "", targets=targets[name],
+                            model_save_dir=str(root / "checkpoints" / name), log_dir=str(root / "logs" / name))
+            for name in names]
+    if stacked:
+        args = mnist_args(task="train_stack", model_save_dir=str(root / "stack"), log_dir=str(root / "stack_logs"),
+                          **common)
+        tasks.fit_stack(args, runs, data, console=False)
+    for run in runs if not stacked else []:
+        th.manual_seed(0)
+        args = mnist_args(task="train", model_save_dir=run.model_save_dir, log_dir=run.log_dir, **common)
+        tasks.fit(args, run.model_save_dir, data, run.targets, run.labels_file, console=False)
+    return runs
+
+
+def test_a_stack_trains_each_run_as_alone_and_resumes(data_dir, tmp_path):
+    names = ["clean", "shuffled"]
+    alone = fit_runs(data_dir, tmp_path / "alone", names, 8, stacked=False)
+    stacked = fit_runs(data_dir, tmp_path / "stacked", names, 4, stacked=True)
+    fit_runs(data_dir, tmp_path / "stacked", names, 8, stacked=True)  # resumes the stack at step 4
+    assert sorted(os.listdir(tmp_path / "stacked" / "stack")) == [
+        f"{kind}{step:06d}.pt" for kind in ("model", "opt") for step in (4, 8)]
+    for a, s in zip(alone, stacked):
+        assert sorted(os.listdir(s.model_save_dir)) == ["model000004.pt", "model000008.pt"]
+        for step in (4, 8):
+            want = th.load(os.path.join(a.model_save_dir, f"model{step:06d}.pt"), weights_only=True)
+            got = th.load(os.path.join(s.model_save_dir, f"model{step:06d}.pt"), weights_only=True)
+            assert list(got) == list(want)
+            for key in want:  # measured 3e-7; a wrong target or loss scale moves weights by ~lr = 1e-4 per step
+                th.testing.assert_close(got[key], want[key], rtol=0, atol=5e-6)
+        name = tasks.labels_name(a.labels_file)
+        with open(os.path.join(a.log_dir, f"train_{name}.json")) as f:
+            want = json.load(f)["evaluations"]
+        with open(os.path.join(s.log_dir, f"train_{name}.json")) as f:
+            got = json.load(f)["evaluations"]
+        assert [e["step"] for e in got] == [4, 8]
+        for e_got, e_want in zip(got, want):
+            assert e_got["train_ce"] == pytest.approx(e_want["train_ce"], abs=1e-4)
+            assert e_got["test_accuracy"] == pytest.approx(e_want["test_accuracy"], abs=0.011)
+    # Killed after the stack's last checkpoint, before a run got its copy: a rerun writes it.
+    os.remove(os.path.join(stacked[1].model_save_dir, "model000008.pt"))
+    fit_runs(data_dir, tmp_path / "stacked", names, 8, stacked=True)
+    assert os.path.isfile(os.path.join(stacked[1].model_save_dir, "model000008.pt"))
 
 
 def test_four_tasks_in_a_row(data_dir, tmp_path):
