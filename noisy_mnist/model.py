@@ -1,6 +1,7 @@
 """
 The original code's SimpleCNN (same layers, same state_dict keys, so its checkpoints load),
-written in the form that trains fastest on a CPU.
+written in the form that trains fastest on a CPU, and StackedCNN, K of them trained as one
+network (the sweep's runs, which differ only in their labels).
 """
 
 import torch as th

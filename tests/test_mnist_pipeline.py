@@ -208,7 +208,8 @@ def fit_runs(data_dir, root, names, max_step, stacked):
     """Train runs on the clean labels ("clean") or shuffled ones ("shuffled"), stacked or one by one."""
     common = dict(data_dir=data_dir, max_step=max_step, save_interval=4, log_interval=2)
     data = tasks.load_data(data_dir)
-    targets = dict(clean=data.train_y, shuffled=data.train_y[th.randperm(N_TRAIN, generator=th.Generator().manual_seed(1))])
+    shuffle = th.randperm(N_TRAIN, generator=th.Generator().manual_seed(1))
+    targets = dict(clean=data.train_y, shuffled=data.train_y[shuffle])
     runs = [SimpleNamespace(labels_file=f"{name}.pkl" if name != "clean" else "", targets=targets[name],
                             model_save_dir=str(root / "checkpoints" / name), log_dir=str(root / "logs" / name))
             for name in names]
@@ -280,7 +281,7 @@ def test_tiny_sweep_end_to_end_and_rerun(data_dir, tmp_path):
     # An untrained clean model has a mean softmax near 0.1 at the true class, so targets
     # under it give distinct model-noise alphas below the cap of 1.
     cfg = dict(sweep_defaults(), data_dir=data_dir, out_dir=str(tmp_path / "sweep"), max_step=20,
-               save_interval=20, levels="0.06,0.03", workers=1)
+               save_interval=20, levels="0.06,0.03", workers=1, stack=2)
     rows = run_sweep(cfg)
     assert [r["noise_type"] for r in rows] == ["clean"] + ["uniform"] * 2 + ["fix"] * 2 + ["model"] * 2
     with open(tmp_path / "sweep" / "results.json") as f:
