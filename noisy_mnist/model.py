@@ -54,9 +54,12 @@ class StackedCNN(nn.Module):
     def __init__(self, models):
         super().__init__()
         self.num_runs = len(models)
+        self.original_keys = {}  # conv1_weight -> conv1.weight
         for key in models[0].state_dict():
             stacked = th.stack([m.state_dict()[key].detach() for m in models]).contiguous()
-            self.register_parameter(key.replace(".", "_"), nn.Parameter(stacked))
+            name = key.replace(".", "_")
+            self.register_parameter(name, nn.Parameter(stacked))
+            self.original_keys[name] = key
 
     def forward(self, x):
         k, b = self.num_runs, x.shape[0]
@@ -76,8 +79,8 @@ class StackedCNN(nn.Module):
     def unstack(self, state_dict=None):
         """The K models' state_dicts with SimpleCNN's keys (of `state_dict`, a stack's, if given)."""
         state_dict = self.state_dict() if state_dict is None else state_dict
-        keys = {name: name.replace("_", ".", 1) for name in state_dict}  # conv1_weight -> conv1.weight
-        return [{keys[name]: value[i].clone() for name, value in state_dict.items()} for i in range(self.num_runs)]
+        return [{self.original_keys[name]: value[i].clone() for name, value in state_dict.items()}
+                for i in range(self.num_runs)]
 
 
 def parse_hidden_dims(hidden_dims):
