@@ -1,12 +1,13 @@
 """
-MNIST training speed, measured in one run (interleaved rounds, same data):
+MNIST training speed, measured in one run (interleaved rounds, same data; every timing in
+a fresh process, so that no pipeline inherits another's state):
 
   per-item   a pipeline like the original's: a Dataset that returns one image (and its
              noisy label and p) at a time, DataLoader batch 128 with num_workers=1, the
              NCHW network with ReLU before max-pool, torch.optim.Adam with its defaults;
   ours       the data as float tensors on the device, a batch an index into them; the
              channels_last SimpleCNN with max-pool before ReLU; a step of the project's
-             TrainLoop (fused Adam);
+             TrainLoop (fused Adam); malloc keeping freed memory (keep_freed_memory);
   ours x2    two of our trainings at once in two processes of one thread each: the time
              per step of the pair;
   stacks     as scripts/mnist_sweep.py trains (--workers 2 --stack K): two processes of one
@@ -137,25 +138,36 @@ def eval_seconds(model, inputs):
     return (time.perf_counter() - start) * 70000 / (repeat * min(len(inputs), 70000))
 
 
-def _concurrent_worker(args, barrier, queue):
-    th.set_num_threads(1)
-    images, _, noisy, _ = load_data(args["data_dir"], args["n"])
+def _timed_worker(args, pipeline, threads, barrier, queue):
+    """Time one pipeline in this (spawned) process: (seconds per step, evaluation pass seconds)."""
+    if threads:
+        th.set_num_threads(threads)
+    images, labels, noisy, p = load_data(args["data_dir"], args["n"])
+    logger.configure(tempfile.mkdtemp(), format_strs=())  # TrainLoop logs nothing here
     with tempfile.TemporaryDirectory() as tmp:
-        step, model, inputs = our_stepper(images, noisy, tmp, args["num_runs"])
+        if pipeline == "per_item":
+            step, model, inputs = per_item_stepper(images, labels, noisy, p), None, None
+        else:
+            dist_util.keep_freed_memory()  # as our tasks set it (noisy_mnist.tasks)
+            step, model, inputs = our_stepper(images, noisy, tmp, args["num_runs"])
         for _ in range(args["warmup"]):
             step()
-        barrier.wait()  # both trainings timed over the same stretch
-        queue.put((seconds_per_step(step, args["steps"], 0), eval_seconds(model, inputs)))
+        barrier.wait()  # concurrent trainings are timed over the same stretch
+        seconds = seconds_per_step(step, args["steps"], 0)
+        queue.put((seconds, eval_seconds(model, inputs) if model is not None else 0.0))
 
 
-def concurrent_seconds_per_step(args, processes=2):
+def timed_in_processes(args, pipeline, processes=1, threads=0):
     """
-    Time per run-step of `processes` single-threaded trainings running at once, each of
-    args["num_runs"] stacked runs (0: one SimpleCNN); and the longest evaluation pass per run.
+    Time `pipeline` ("per_item" or "ours") in fresh processes, `processes` of them at once
+    (threads each; 0: torch's default), each of args["num_runs"] stacked runs (0: one
+    SimpleCNN). Returns the time per run-step of all and the longest evaluation pass per run.
+    A fresh process per measurement: no pipeline inherits another's allocator settings.
     """
     ctx = multiprocessing.get_context("spawn")
     barrier, queue = ctx.Barrier(processes), ctx.Queue()
-    workers = [ctx.Process(target=_concurrent_worker, args=(args, barrier, queue)) for _ in range(processes)]
+    workers = [ctx.Process(target=_timed_worker, args=(args, pipeline, threads, barrier, queue))
+               for _ in range(processes)]
     for w in workers:
         w.start()
     results = [queue.get() for _ in workers]
@@ -179,16 +191,16 @@ def main():
     args = parser.parse_args()
 
     load_before = os.getloadavg()[0]
-    images, labels, noisy, p = load_data(args.data_dir, args.n)
-    logger.configure(tempfile.mkdtemp(), format_strs=())  # TrainLoop logs nothing here
-    with tempfile.TemporaryDirectory() as tmp:
-        per_item = per_item_stepper(images, labels, noisy, p)
-        ours, model, inputs = our_stepper(images, noisy, tmp)
-        times = {"per_item": [], "ours": []}
-        for _ in range(args.rounds):
-            times["per_item"].append(seconds_per_step(per_item, args.steps, args.warmup))
-            times["ours"].append(seconds_per_step(ours, args.steps, args.warmup))
-        evaluation = eval_seconds(model, inputs)
+    images = load_data(args.data_dir, args.n)[0]
+    single = dict(vars(args), num_runs=0)
+    times, evaluation = {"per_item": [], "ours": []}, []
+    for _ in range(args.rounds):
+        for name in times:
+            seconds, eval_pass = timed_in_processes(single, name)
+            times[name].append(seconds)
+            if name == "ours":
+                evaluation.append(eval_pass)
+    evaluation = min(evaluation)
     best = {k: min(v) for k, v in times.items()}
     result = dict(threads=th.get_num_threads(), device=str(dist_util.dev()), torch=th.__version__,
                   images=len(images), steps=args.steps, rounds=args.rounds,
@@ -201,7 +213,8 @@ def main():
         [(f"stacks of {k} x2", k) for k in (int(x) for x in args.stacks.split(",") if x)]
     for name, num_runs in concurrent:
         # per run-step (all runs of both processes); an evaluation pass per run, both processes at once
-        run_step, run_eval = concurrent_seconds_per_step(dict(vars(args), num_runs=num_runs))
+        run_step, run_eval = timed_in_processes(dict(vars(args), num_runs=num_runs), "ours", processes=2,
+                                                threads=1)
         result["ms_per_step"][name] = 1000 * run_step
         result.setdefault("eval_pass_s_per_run_one_thread", {})[name] = run_eval
         result["sweep_minutes"][name] = SWEEP_RUNS * (SWEEP_STEPS * run_step + SWEEP_EVALS * run_eval / 2) / 60

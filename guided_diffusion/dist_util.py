@@ -1,12 +1,16 @@
 """
 Distributed helpers. Under `mpiexec -n N` each process joins a torch.distributed group
 (NCCL on GPUs, one GPU per process; gloo on CPUs), set up through mpi4py. Started without
-mpiexec, a script runs as a single process and nothing is initialised.
+mpiexec, a script runs as a single process and nothing is initialised. Also
+keep_freed_memory, a process setting for CPU training.
 """
 
 import atexit
+import ctypes
+import ctypes.util
 import os
 import socket
+import sys
 
 import torch as th
 import torch.distributed as dist
@@ -57,6 +61,28 @@ def setup_dist():
     # Without this, gloo's threads abort the process at interpreter exit.
     atexit.register(dist.destroy_process_group)
     return True, comm.rank
+
+
+def keep_freed_memory():
+    """
+    Let glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
+    By default blocks of more than a few MB are returned on free, so a CPU step that
+    allocates its activations afresh page-faults all of them in again: on the 2-core test
+    machine 1,700-4,000 faults (5-11 ms) per step of a stacked MNIST network, and 2.4x the
+    time of an evaluation pass. The process then keeps at most about 1 GB it freed.
+    Returns whether the setting took (False off glibc, e.g. macOS or musl).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
+    # Both are set: setting either one alone turns off glibc's adaptive thresholds.
+    return bool(mallopt(m_mmap_threshold, 1 << 30) and mallopt(m_trim_threshold, 1 << 30))
 
 
 def get_rank():

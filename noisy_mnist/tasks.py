@@ -81,6 +81,7 @@ def run(args, console=True):
             raise UserError(f"--{flag} {getattr(args, flag)} should be at least 1")
     th.manual_seed(args.seed)
     np.random.seed(args.seed)
+    dist_util.keep_freed_memory()
     return TASK_FUNCTIONS[args.task](args, default_model_save_dir(args), console)
 
 
@@ -230,8 +231,11 @@ def fit_stack(args, runs, data, console):
     checkpoints (model*.pt, opt*.pt: what a killed stack resumes from) go to
     args.model_save_dir, its log to args.log_dir; at every checkpoint each run gets its
     model{step}.pt in SimpleCNN's format in its model_save_dir and its TrainingHistory.
+    Returns each run's (train logits, test logits) at the final step, or None where this
+    call computed none (the stack had finished before).
     """
     th.manual_seed(args.seed)
+    dist_util.keep_freed_memory()
     model = create_model(args.input_dim, args.hidden_dims, dist_util.dev(), num_runs=len(runs))
     resume = resolve_resume_checkpoint(args.model_save_dir, "latest")
     start_step = parse_resume_step_from_filename(resume)
@@ -241,10 +245,13 @@ def fit_stack(args, runs, data, console):
     logger.log(f"training {len(runs)} runs as one stack (logged loss: their sum): "
                f"{', '.join(labels_name(run.labels_file) for run in runs)}")
     histories = [TrainingHistory(run.log_dir, run.labels_file, run.model_save_dir, start_step) for run in runs]
+    evaluated = {}  # step -> the runs' (train logits, test logits)
 
     def export_and_evaluate(step):
         train_logits = predict_logits(model, data.train_x, args.eval_batch_size)
         test_logits = predict_logits(model, data.test_x, args.eval_batch_size)
+        evaluated.clear()
+        evaluated[step] = list(zip(train_logits, test_logits))
         for i, (run, state) in enumerate(zip(runs, model.unstack())):
             save_torch(state, os.path.join(run.model_save_dir, f"model{step:06d}.pt"))
             histories[i].add(step, train_logits[i], test_logits[i], run.targets, data,
@@ -257,6 +264,7 @@ def fit_stack(args, runs, data, console):
     final = f"model{loop.step:06d}.pt"
     if not all(os.path.isfile(os.path.join(run.model_save_dir, final)) for run in runs):
         export_and_evaluate(loop.step)  # killed after the stack's checkpoint, before the runs' export
+    return evaluated.get(loop.step)
 
 
 # ---------------------------------------------------------------------------------------
@@ -314,19 +322,28 @@ def predict_analysis(args, model_save_dir, console):
     """
     data = load_data(args.data_dir)
     if args.noise_label_file:
-        labels_file, noisy_labels, p = load_noise(args, data)
         hint = (f"train it first: python mnist_classification.py --task train_on_noisy_label "
                 f"--noise_label_file {args.noise_label_file}")
     else:
-        labels_file, noisy_labels = "", data.train_y
-        p = F.one_hot(data.train_y, NUM_CLASSES).double()
         hint = "train it first: python mnist_classification.py --task train"
+    labels_file, noisy_labels, p = analysis_targets(args, data)
     model, checkpoint = load_trained_model(args, model_save_dir, hint)
+    return analyse_logits(args, data, labels_file, noisy_labels, p, checkpoint, console,
+                          predict_logits(model, data.train_x, args.eval_batch_size),
+                          predict_logits(model, data.test_x, args.eval_batch_size))
+
+
+def analysis_targets(args, data):
+    """(labels file, labels [N], p [N, 10]) of --noise_label_file, or of the clean labels if it is ""."""
+    if args.noise_label_file:
+        return load_noise(args, data)
+    return "", data.train_y, F.one_hot(data.train_y, NUM_CLASSES).double()
+
+
+def analyse_logits(args, data, labels_file, noisy_labels, p, checkpoint, console, train_logits, test_logits):
+    """predict_analysis from a checkpoint's logits on both splits (the sweep has them from training)."""
     start_log(args, console)
     logger.log(f"analysing {checkpoint} against {labels_file or 'the clean labels'}")
-
-    train_logits = predict_logits(model, data.train_x, args.eval_batch_size)
-    test_logits = predict_logits(model, data.test_x, args.eval_batch_size)
     log_softmax = F.log_softmax(train_logits.double(), dim=1)
     softmax = log_softmax.exp()
     in_class = F.one_hot(data.train_y, NUM_CLASSES).double()  # [N, 10]: image i is of class c

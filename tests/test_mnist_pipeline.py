@@ -17,7 +17,7 @@ import torch as th
 
 from noisy_mnist import tasks
 from noisy_mnist.model import SimpleCNN, create_model
-from noisy_mnist.sweep import COLUMNS, run_sweep, sweep_defaults
+from noisy_mnist.sweep import COLUMNS, analysis_args, run_dirs, run_sweep, sweep_defaults
 from tests.conftest import assert_user_error, run_script
 
 N_TRAIN, N_TEST = 300, 100
@@ -295,5 +295,18 @@ def test_tiny_sweep_end_to_end_and_rerun(data_dir, tmp_path):
     assert len(table) == 7 and float(table[1]["alpha"]) == 0.06
     for name in ("accuracy_vs_ratio", "ce_average_vs_minimum", "per_class_uniform", "per_class_fix", "per_class_model"):
         assert os.path.getsize(tmp_path / "sweep" / "figures" / f"{name}.png") > 1000
+    # The sweep analyses a run from its stack's final logits; predict_analysis of the run's
+    # checkpoint alone agrees (float rounding; an accuracy may differ by a near-tied image).
+    for row in rows[1], rows[-1]:
+        run = SimpleNamespace(labels_file=row["labels"], **run_dirs(cfg, row["labels"]))
+        alone = tasks.run(SimpleNamespace(**dict(vars(analysis_args(cfg, run)), log_dir=str(tmp_path / "alone"))),
+                          console=False)
+        assert alone["checkpoint"] == row["checkpoint"] and alone["step"] == row["step"] == 20
+        assert alone["correct_label_ratio"] == row["correct_label_ratio"]
+        assert alone["clean_train_accuracy"] == pytest.approx(row["clean_train_accuracy"], abs=1.5 / N_TRAIN)
+        assert alone["test_accuracy"] == pytest.approx(row["test_accuracy"], abs=1.5 / N_TEST)
+        for key in ("ce_average", "ce_minimum", "tv_mean"):
+            assert alone[key] == pytest.approx(row[key], rel=1e-5, abs=1e-6)
+        assert np.allclose(alone["per_class_softmax"], row["per_class_softmax"], atol=1e-6)
     # A rerun finds every stage done and gives the same table (here through worker processes).
     assert run_sweep(dict(cfg, workers=2)) == rows
