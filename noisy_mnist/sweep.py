@@ -12,9 +12,11 @@ figures drawn from it. Everything of a sweep lives under out_dir:
 
 A run is "clean" or the noisy-label file's stem. All runs share the seed, hence the initial
 weights and the batch order, so up to `stack` of them train together as one StackedCNN
-(the same computation, and much faster on a CPU than one small network at a time); stacks
-go to `workers` processes. A rerun skips every stage whose output exists and continues a
-killed stack from its latest checkpoint (keep --stack and --levels the same for that).
+(the same computation, and much faster on a CPU than one small network at a time). Stacks
+go to `workers` single-threaded processes, the same number of runs to each; the few runs
+left over (fewer than `workers`) train last as one stack on every core. A rerun skips every
+stage whose output exists and continues a killed stack from its latest checkpoint (keep
+--stack, --workers and --levels the same for that: they decide which runs share a stack).
 """
 
 import csv
@@ -95,11 +97,21 @@ def run_dirs(cfg, labels_file):
                 model_save_dir=os.path.join(cfg["out_dir"], "checkpoints", name))
 
 
-def train_stack(cfg, specs, console):
+def train_stack(cfg, specs, console, threads=0):
     """
     Train the runs of specs [(noise type, alpha, labels file ("": clean))] as one stack
     unless all have their final checkpoint, then analyse each; returns their results rows.
+    threads: the torch threads to train with (0: as set).
     """
+    own_threads = th.get_num_threads()
+    th.set_num_threads(threads or own_threads)
+    try:
+        return _train_stack(cfg, specs, console)
+    finally:
+        th.set_num_threads(own_threads)
+
+
+def _train_stack(cfg, specs, console):
     start = time.time()
     runs = [SimpleNamespace(labels_file=path, **run_dirs(cfg, path)) for _, _, path in specs]
     final_logits = None
@@ -157,11 +169,22 @@ def _report(row, start):
           f"TV {row['tv_mean']:.4f} [stack done in {time.time() - start:.0f} s]", flush=True)
 
 
-def split_into_stacks(specs, stack):
-    """specs in ceil(len / stack) consecutive groups of near-equal size (balanced workers)."""
-    count = -(-len(specs) // stack)
-    bounds = [round(i * len(specs) / count) for i in range(count + 1)]
-    return [specs[a:b] for a, b in zip(bounds, bounds[1:])]
+def split_into_stacks(specs, stack, workers=1):
+    """
+    (stacks, tail): consecutive stacks of specs that keep `workers` processes equally busy,
+    each worker's len // workers runs in ceil(that / stack) stacks of near-equal size, in
+    rounds of one stack per worker; the tail is the len % workers runs left over, to train
+    last on every core. With one worker: ceil(len / stack) stacks and no tail.
+    """
+    per_worker = len(specs) // workers
+    count = -(-per_worker // stack)
+    bounds = [round(i * per_worker / count) for i in range(count + 1)] if count else [0]
+    stacks, start = [], 0
+    for size in (b - a for a, b in zip(bounds, bounds[1:])):
+        for _ in range(workers):
+            stacks.append(specs[start:start + size])
+            start += size
+    return stacks, specs[start:]
 
 
 def mean_true_class_probability(cfg):
@@ -218,25 +241,38 @@ def run_sweep(cfg):
         pool = ProcessPoolExecutor(cfg["workers"], mp_context=get_context("spawn"),
                                    initializer=_init_worker, initargs=(threads,))
     submit = pool.submit if pool else _run_now
+
+    def with_labels(group):  # drawn just before the stack is submitted, while earlier stacks train
+        return [spec + ("",) if spec[0] == tasks.CLEAN else make_labels(cfg, *spec, console) for spec in group]
+
     try:
         # The clean run and the runs that need no clean model start at once.
-        first = [(tasks.CLEAN, 1.0, "")] + [make_labels(cfg, noise_type, ratio, console)
-                                          for noise_type in levels if noise_type != "model"
-                                          for ratio in levels[noise_type]]
-        jobs = [submit(train_stack, cfg, group, console) for group in split_into_stacks(first, cfg["stack"])]
+        first = [(tasks.CLEAN, 1.0)] + [(t, ratio) for t in levels if t != "model" for ratio in levels[t]]
+        rank = {spec: i for i, spec in enumerate(first)}  # the order of the results rows
+        stacks, tail = split_into_stacks(first, cfg["stack"], cfg["workers"])
+        if not stacks:  # the clean run alone: it still trains first
+            stacks, tail = [tail], []
+        jobs = [submit(train_stack, cfg, with_labels(group), console) for group in stacks]
         if "model" in levels:
             jobs[0].result()  # the stack with the clean run
             # E[correct-label ratio] = alpha * mean q[c], so this alpha lands near the target.
             mean_q = mean_true_class_probability(cfg)
             print(f"clean model: mean softmax at the true class {mean_q:.4f}", flush=True)
             alphas = dict.fromkeys(min(1.0, round(ratio / mean_q, 4)) for ratio in levels["model"])
-            model_runs = [make_labels(cfg, "model", alpha, console) for alpha in alphas]
-            jobs += [submit(train_stack, cfg, group, console) for group in split_into_stacks(model_runs, cfg["stack"])]
+            model_runs = [("model", alpha) for alpha in alphas]
+            for spec in model_runs:
+                rank[spec] = len(rank)
+            model_stacks, model_tail = split_into_stacks(model_runs, cfg["stack"], cfg["workers"])
+            jobs += [submit(train_stack, cfg, with_labels(group), console) for group in model_stacks]
+            tail += model_tail
+        if tail:  # submitted last, on every core: when it starts, the other stacks are (nearly) done
+            jobs.append(submit(train_stack, cfg, with_labels(tail), console, len(os.sched_getaffinity(0))))
         rows = [row for job in jobs for row in job.result()]
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
             th.set_num_threads(own_threads)
+    rows.sort(key=lambda row: rank[row["noise_type"], row["alpha"]])  # the tail's rows back in place
     wall_time = time.time() - start
     paths = write_results(cfg, rows, wall_time)
     print(f"sweep of {len(rows)} runs finished in {wall_time / 60:.1f} min; results: {', '.join(paths)}")

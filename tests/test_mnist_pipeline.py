@@ -17,7 +17,7 @@ import torch as th
 
 from noisy_mnist import tasks
 from noisy_mnist.model import SimpleCNN, create_model
-from noisy_mnist.sweep import COLUMNS, analysis_args, run_dirs, run_sweep, sweep_defaults
+from noisy_mnist.sweep import COLUMNS, analysis_args, run_dirs, run_sweep, split_into_stacks, sweep_defaults
 from tests.conftest import assert_user_error, run_script
 
 N_TRAIN, N_TEST = 300, 100
@@ -280,8 +280,10 @@ def test_four_tasks_in_a_row(data_dir, tmp_path):
 def test_tiny_sweep_end_to_end_and_rerun(data_dir, tmp_path):
     # An untrained clean model has a mean softmax near 0.1 at the true class, so targets
     # under it give distinct model-noise alphas below the cap of 1.
+    # Two workers: stacks of 2 (clean + uniform, uniform + fix) and of 1 (model), and the last fix
+    # run as the tail on every core.
     cfg = dict(sweep_defaults(), data_dir=data_dir, out_dir=str(tmp_path / "sweep"), max_step=20,
-               save_interval=20, levels="0.06,0.03", workers=1, stack=2)
+               save_interval=20, levels="0.06,0.03", workers=2, stack=2)
     rows = run_sweep(cfg)
     assert [r["noise_type"] for r in rows] == ["clean"] + ["uniform"] * 2 + ["fix"] * 2 + ["model"] * 2
     with open(tmp_path / "sweep" / "results.json") as f:
@@ -308,5 +310,18 @@ def test_tiny_sweep_end_to_end_and_rerun(data_dir, tmp_path):
         for key in ("ce_average", "ce_minimum", "tv_mean"):
             assert alone[key] == pytest.approx(row[key], rel=1e-5, abs=1e-6)
         assert np.allclose(alone["per_class_softmax"], row["per_class_softmax"], atol=1e-6)
-    # A rerun finds every stage done and gives the same table (here through worker processes).
-    assert run_sweep(dict(cfg, workers=2)) == rows
+    # A rerun finds every stage done and gives the same table (here in this process).
+    assert run_sweep(dict(cfg, workers=1)) == rows
+
+
+@pytest.mark.parametrize("runs, stack, workers, sizes, tail", [
+    (17, 5, 2, [4, 4, 4, 4], 1),  # the paper's sweep: clean + uniform + fix, then
+    (8, 5, 2, [4, 4], 0),  # the model-noise runs
+    (17, 3, 2, [3, 3, 2, 2, 3, 3], 1),
+    (1, 5, 2, [], 1),
+    (17, 5, 1, [4, 4, 5, 4], 0),
+])
+def test_stacks_keep_the_workers_equally_busy(runs, stack, workers, sizes, tail):
+    stacks, left = split_into_stacks(list(range(runs)), stack, workers)
+    assert [len(s) for s in stacks] == sizes and len(left) == tail
+    assert sum(stacks, []) + left == list(range(runs))
