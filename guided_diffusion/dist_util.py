@@ -67,10 +67,11 @@ def keep_freed_memory():
     """
     Let glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
     By default blocks of more than a few MB are returned on free, so a CPU step that
-    allocates its activations afresh page-faults all of them in again: on the 2-core test
-    machine 1,700-4,000 faults (5-11 ms) per step of a stacked MNIST network, and 2.4x the
-    time of an evaluation pass. The process then keeps at most about 1 GB it freed.
-    Returns whether the setting took (False off glibc, e.g. macOS or musl).
+    allocates its activations afresh page-faults all of them in again. On the 2-core test
+    machine that was 1,700 faults per step of a stack of 4 MNIST networks (40 ms per step
+    instead of 31) and 4,100 for a stack of 5; an evaluation pass took 2.4x as long. Freed
+    memory up to about 1 GB then stays with the process. Returns whether the setting took
+    (False off glibc, e.g. macOS or musl).
     """
     if not sys.platform.startswith("linux"):
         return False
