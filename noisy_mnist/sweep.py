@@ -122,8 +122,9 @@ def _train_stack(cfg, specs, console):
                                                                                 "stacks", stack),
                           log_dir=os.path.join(cfg["out_dir"], "logs", "stacks", stack))
         data = tasks.load_data(cfg["data_dir"])
-        for run in runs:
-            run.targets = tasks.analysis_targets(stage_args(cfg, noise_label_file=run.labels_file), data)[1]
+        for run in runs:  # (labels file, labels, p), kept for the analysis
+            run.noise = tasks.analysis_targets(analysis_args(cfg, run), data)
+            run.targets = run.noise[1]
         final_logits = tasks.fit_stack(args, runs, data, console)
     if final_logits is not None:  # analyse from the logits of the final evaluation: no second pass
         rows = [dict(noise_type=t, alpha=a, **analyse_logits(cfg, run, data, logits, console))
@@ -157,10 +158,8 @@ def analyse_logits(cfg, run, data, logits, console):
     predict_analysis of a run's final checkpoint from the stack's logits of it, which equal
     the checkpoint's own up to float rounding (tests/test_mnist_pipeline.py).
     """
-    args = analysis_args(cfg, run)
-    labels_file, noisy_labels, p = tasks.analysis_targets(args, data)
     checkpoint = os.path.join(run.model_save_dir, final_checkpoint(cfg))
-    return tasks.analyse_logits(args, data, labels_file, noisy_labels, p, checkpoint, console, *logits)
+    return tasks.analyse_logits(analysis_args(cfg, run), data, *run.noise, checkpoint, console, *logits)
 
 
 def _report(row, start):
