@@ -1,5 +1,9 @@
 """Small helpers the benchmark scripts share."""
 
+import contextlib
+import os
+import statistics
+
 import torch as th
 
 
@@ -11,3 +15,28 @@ def sync(device):
 
 def device_name(device):
     return th.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {th.get_num_threads()} threads"
+
+
+def round_ratios(numerators, denominators):
+    """
+    Per round, numerators[i] / denominators[i], and their median (a speed-up: the reference's
+    times over ours, or our rates over the reference's). A round's two timings are taken back
+    to back, so a machine whose speed drifts during the run (a shared VM) biases these less than
+    the ratio of each side's best round, which may come from different minutes of the run. The
+    benchmarks print both.
+    """
+    ratios = [n / d for n, d in zip(numerators, denominators)]
+    return ratios, statistics.median(ratios)
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Silence file descriptor 2 (the C++ side too): torch.profiler's tracer prints start/stop lines there."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -9,6 +9,10 @@ the original code, measured in one run on the same images, model config and devi
                einsum attention recomputed in the backward pass (its AttentionBlock always
                checkpoints), fp32, AdamW without fused kernels
 
+It reports the speed-up as the ratio of each loop's best round and per round, and on a CPU the
+share of each loop's step spent in convolutions (torch.profiler): the same oneDNN kernels in
+both loops, so that share bounds what the rest of our pipeline can gain there.
+
     python benchmarks/sr_train_speed.py                       # a CPU-sized config
     python benchmarks/sr_train_speed.py --preset seed --use_fp16 True   # the seed's, on a GPU
 """
@@ -28,7 +32,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench_util import device_name, sync  # noqa: E402
+from bench_util import device_name, quiet_stderr, round_ratios, sync  # noqa: E402
 from guided_diffusion import logger  # noqa: E402
 from guided_diffusion.cli import str2bool  # noqa: E402
 from guided_diffusion.script_util import create_mean_model, mean_model_defaults  # noqa: E402
@@ -77,6 +81,29 @@ def build(cfg, device, reference):
     return model
 
 
+def convolution_share(step, steps=2):
+    """The share of the CPU time of `steps` steps spent in convolution kernels (torch.profiler)."""
+    with quiet_stderr(), th.profiler.profile(activities=[th.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    return sum(e.self_cpu_time_total for e in events if "convolution" in e.key) / total
+
+
+def time_steps(step, cfg, device, steps, warmup):
+    """(images/s over `steps` steps after `warmup`, the convolutions' share of a step on a CPU, else None)."""
+    for _ in range(warmup):
+        step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    rate = steps * cfg["batch_size"] / (time.perf_counter() - start)
+    return rate, convolution_share(step) if device.type == "cpu" else None
+
+
 def measure_ours(cfg, paths, device, steps, warmup, use_fp16):
     model = build(cfg, device, reference=False)
     batches = training_batches(paths, image_size=cfg["large_size"], batch_size=cfg["batch_size"], num_workers=1)
@@ -89,14 +116,8 @@ def measure_ours(cfg, paths, device, steps, warmup, use_fp16):
     with tempfile.TemporaryDirectory() as tmp:
         loop = TrainLoop(model=model, data=pairs, loss_fn=loss_fn, batch_size=cfg["batch_size"], lr=1e-4,
                          model_save_dir=tmp, use_fp16=use_fp16, progress=False)
-        for _ in range(warmup):  # includes decoding the images into memory
-            loop.run_step(next(pairs))
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            loop.run_step(next(pairs))
-        sync(device)
-    return steps * cfg["batch_size"] / (time.perf_counter() - start)
+        # the warm-up includes decoding the images into memory
+        return time_steps(lambda: loop.run_step(next(pairs)), cfg, device, steps, warmup)
 
 
 def measure_reference(cfg, paths, device, steps, warmup):
@@ -120,14 +141,7 @@ def measure_reference(cfg, paths, device, steps, warmup):
         loss.backward()
         opt.step()
 
-    for _ in range(warmup):
-        step()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    return steps * cfg["batch_size"] / (time.perf_counter() - start)
+    return time_steps(step, cfg, device, steps, warmup)
 
 
 def main():
@@ -135,7 +149,8 @@ def main():
     parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best of each is kept")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="alternating rounds; the best of each, and the ratio of each round, are reported")
     parser.add_argument("--num_images", type=int, default=256)
     parser.add_argument("--use_fp16", type=str2bool, default=False, help="ours only (the reference is fp32)")
     parser.add_argument("--device", default="cuda" if th.cuda.is_available() else "cpu")
@@ -147,10 +162,15 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         names = make_image_folder(folder, num_classes=4, per_class=args.num_images // 4)
         paths = [os.path.join(folder, f"{n}.JPEG") for n in names]
-        results = {"ours": [], "reference": []}
-        for _ in range(args.rounds):
-            results["reference"].append(measure_reference(cfg, paths, device, args.steps, args.warmup))
-            results["ours"].append(measure_ours(cfg, paths, device, args.steps, args.warmup, args.use_fp16))
+        results, conv_share = {"ours": [], "reference": []}, {"ours": [], "reference": []}
+        measure = {"reference": lambda: measure_reference(cfg, paths, device, args.steps, args.warmup),
+                   "ours": lambda: measure_ours(cfg, paths, device, args.steps, args.warmup, args.use_fp16)}
+        for round_index in range(args.rounds):
+            # alternate which goes first, so that neither is always timed in the same part of a round
+            for name in (("reference", "ours") if round_index % 2 == 0 else ("ours", "reference")):
+                rate, share = measure[name]()
+                results[name].append(rate)
+                conv_share[name].append(share)
     best = {k: max(v) for k, v in results.items()}
     name = device_name(device)
     print(f"preset {args.preset} ({cfg['large_size']} px, batch {cfg['batch_size']}), device {name}")
@@ -158,10 +178,19 @@ def main():
           f"{', '.join(f'{v:.2f}' for v in results['reference'])})")
     print(f"ours:                 {best['ours']:.2f} images/s  (rounds: "
           f"{', '.join(f'{v:.2f}' for v in results['ours'])})")
-    print(f"ours / reference: {best['ours'] / best['reference']:.2f}x")
+    per_round, median = round_ratios(results["ours"], results["reference"])  # rates: ours / reference
+    print(f"ours / reference: {best['ours'] / best['reference']:.2f}x (best round of each); per round "
+          f"{', '.join(f'{r:.2f}x' for r in per_round)}, median {median:.2f}x")
+    if device.type == "cpu":
+        # Both loops run the same convolutions; what they take of our step bounds the speed-up here.
+        share = {k: sum(v) / len(v) for k, v in conv_share.items()}
+        print(f"convolutions (oneDNN, the same kernels in both loops): {100 * share['ours']:.0f}% of our step's "
+              f"CPU time, {100 * share['reference']:.0f}% of the reference-style loop's")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(vars(args), results=results, ratio=best["ours"] / best["reference"]), f, indent=1)
+            json.dump(dict(vars(args), results=results, ratio=best["ours"] / best["reference"],
+                           ratio_per_round=per_round, ratio_median_of_rounds=median,
+                           convolution_share=conv_share), f, indent=1)
 
 
 if __name__ == "__main__":
