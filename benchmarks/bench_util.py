@@ -3,6 +3,7 @@
 import contextlib
 import os
 import statistics
+import time
 
 import torch as th
 
@@ -11,6 +12,18 @@ def sync(device):
     """Wait for the device's queued work, so that wall-clock times cover it."""
     if device.type == "cuda":
         th.cuda.synchronize(device)
+
+
+def seconds_per_call(fn, calls, warmup, device):
+    """Mean wall-clock seconds of fn() over `calls` calls after `warmup` untimed ones, the device's work included."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / calls
 
 
 def device_name(device):

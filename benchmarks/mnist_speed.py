@@ -35,7 +35,7 @@ import torch as th
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench_util import round_ratios, sync  # noqa: E402
+from bench_util import round_ratios, seconds_per_call  # noqa: E402
 from guided_diffusion import dist_util, logger  # noqa: E402
 from guided_diffusion.train_util import TrainLoop  # noqa: E402
 from noisy_mnist.data import load_split, to_inputs, train_batches  # noqa: E402
@@ -119,17 +119,6 @@ def our_stepper(images, noisy, save_dir, num_runs=0):
     return lambda: loop.run_step(next(loop.data)), loop.model, inputs
 
 
-def seconds_per_step(step, steps, warmup):
-    for _ in range(warmup):
-        step()
-    sync(dist_util.dev())
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(dist_util.dev())
-    return (time.perf_counter() - start) / steps
-
-
 def eval_seconds(model, inputs):
     """One evaluation pass over 70,000 images (a checkpoint's train + test evaluation; of all runs of a stack)."""
     repeat = -(-70000 // len(inputs))
@@ -154,7 +143,7 @@ def _timed_worker(args, pipeline, threads, barrier, queue):
         for _ in range(args["warmup"]):
             step()
         barrier.wait()  # concurrent trainings are timed over the same stretch
-        seconds = seconds_per_step(step, args["steps"], 0)
+        seconds = seconds_per_call(step, args["steps"], 0, dist_util.dev())
         queue.put((seconds, eval_seconds(model, inputs) if model is not None else 0.0))
 
 

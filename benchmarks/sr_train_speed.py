@@ -23,7 +23,6 @@ import os
 import random
 import sys
 import tempfile
-import time
 
 import numpy as np
 import torch as th
@@ -32,7 +31,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench_util import device_name, quiet_stderr, round_ratios, sync  # noqa: E402
+from bench_util import device_name, quiet_stderr, round_ratios, seconds_per_call  # noqa: E402
 from guided_diffusion import logger  # noqa: E402
 from guided_diffusion.cli import str2bool  # noqa: E402
 from guided_diffusion.script_util import create_mean_model, mean_model_defaults  # noqa: E402
@@ -93,14 +92,7 @@ def convolution_share(step, steps=2):
 
 def time_steps(step, cfg, device, steps, warmup):
     """(images/s over `steps` steps after `warmup`, the convolutions' share of a step on a CPU, else None)."""
-    for _ in range(warmup):
-        step()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    rate = steps * cfg["batch_size"] / (time.perf_counter() - start)
+    rate = cfg["batch_size"] / seconds_per_call(step, steps, warmup, device)
     return rate, convolution_share(step) if device.type == "cpu" else None
 
 

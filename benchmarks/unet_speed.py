@@ -11,12 +11,11 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import torch as th
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench_util import device_name, sync  # noqa: E402
+from bench_util import device_name, seconds_per_call  # noqa: E402
 from guided_diffusion.cli import str2bool  # noqa: E402
 from guided_diffusion.script_util import (  # noqa: E402
     create_mean_model,
@@ -67,16 +66,6 @@ def build(preset):
     return model, make_inputs
 
 
-def time_it(fn, iters, device):
-    fn()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    sync(device)
-    return (time.perf_counter() - start) / iters
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="cpu_sr", choices=sorted(PRESETS))
@@ -113,11 +102,11 @@ def main():
         for backend in ("sdpa", "einsum"):
             set_attention_backend(model, backend)
             model.eval()
-            results[backend]["forward"].append(args.batch_size / time_it(forward, args.iters, device))
+            results[backend]["forward"].append(args.batch_size / seconds_per_call(forward, args.iters, 1, device))
             if args.backward:
                 model.train()
                 results[backend]["forward_backward"].append(
-                    args.batch_size / time_it(forward_backward, args.iters, device))
+                    args.batch_size / seconds_per_call(forward_backward, args.iters, 1, device))
 
     print(f"preset {args.preset} ({n_params / 1e6:.1f}M parameters), batch {args.batch_size}, "
           f"{args.dtype}, device {device} ({device_name(device)})")
