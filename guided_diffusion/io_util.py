@@ -67,6 +67,29 @@ def save_png(array, path):
     atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
+def record_run_flags(path, flags, folder_flag):
+    """
+    The record of the flags that define a run folder, as JSON at `path`: the first run writes
+    it, and a later run whose flags contradict it is refused with one line naming the flag,
+    so that one folder never mixes the work of two different runs. `folder_flag` names the
+    flag that chose the folder (for the advice to choose another).
+    """
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path!r} is not a readable record of a run's flags: {e}") from None
+        for key, value in flags.items():
+            if key in saved and saved[key] != value:
+                raise UserError(f"--{key} {value!r} contradicts {path!r}, which has {key}={saved[key]!r}; "
+                                f"keep the flags of the run in this --{folder_flag} or choose another")
+        if set(flags) - set(saved):
+            save_json({**saved, **flags}, path)
+        return
+    save_json(flags, path)
+
+
 def png_is_complete(path):
     """True for a PNG file that ends with its IEND chunk (cheap check for a valid sample)."""
     try:

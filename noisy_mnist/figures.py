@@ -1,7 +1,7 @@
 """
 Figures, drawn only from logged results (a sweep's results.json, an analysis JSON):
-test accuracy vs correct-label ratio, average vs minimum CE, and per-class mean prediction
-vs mean noise distribution, with the paper's curves beside ours.
+test accuracy vs correct-label ratio, average vs minimum CE, correct-label ratio vs alpha,
+and per-class mean prediction vs mean noise distribution, with the paper's curves beside ours.
 
     python -m noisy_mnist.figures RESULTS.json OUT_DIR     # redraw a sweep's figures
 """
@@ -22,6 +22,10 @@ COLORS = {"uniform": "tab:blue", "fix": "tab:orange", "model": "tab:green"}
 PAPER_NAMES = {"uniform": "uniform", "fix": "biased", "model": "generated"}
 # The level shown in the per-class figures: the one nearest the original's default alpha.
 PER_CLASS_RATIO = 0.6229
+# The paper's model-noise alphas as far as they can be read: the original repository's history
+# names model_noisy_label_0.9 / 0.8 / 0.5, while its uniform and fix files are named after the
+# model-noise ratios (fix_noisy_label_0.8913, uniform_noisy_label_0.2333), i.e. alpha = ratio.
+PAPER_MODEL_ALPHAS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
 DPI = 80
 
 
@@ -124,12 +128,35 @@ def ce_figure(rows, paper):
     return fig
 
 
+def ratio_figure(rows, paper):
+    """Correct-label ratio against alpha, ours and the paper's (alphas as read from its history)."""
+    fig = new_figure(6, 5)
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.11, top=0.97)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], ":", color="gray", label="ratio = alpha")
+    for noise_type, group in _by_type(rows).items():
+        if noise_type not in COLORS:
+            continue
+        ax.plot([r["alpha"] for r in group], [r["correct_label_ratio"] for r in group], "o-",
+                color=COLORS[noise_type], label=f"{_label(noise_type)}, ours")
+    if "model" in paper:
+        ratios = paper["model"]["correct_label_ratio"]
+        ax.plot(PAPER_MODEL_ALPHAS[:len(ratios)], ratios, "x--", color=COLORS["model"], alpha=0.7,
+                label=f"{_label('model')}, paper (alpha 0.9 ... 0.2)")
+    ax.set_xlabel("alpha")
+    ax.set_ylabel("correct-label ratio of the drawn labels")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
 def draw_figures(results_path, out_dir, paper_path=PAPER_RESULTS):
     """Draw every figure of a sweep's results.json into out_dir; returns the paths written."""
     with open(results_path) as f:
         rows = json.load(f)["rows"]
     paper = load_paper(paper_path)
-    figs = {"accuracy_vs_ratio.png": accuracy_figure(rows, paper), "ce_average_vs_minimum.png": ce_figure(rows, paper)}
+    figs = {"accuracy_vs_ratio.png": accuracy_figure(rows, paper), "ce_average_vs_minimum.png": ce_figure(rows, paper),
+            "ratio_vs_alpha.png": ratio_figure(rows, paper)}
     for noise_type, group in _by_type(rows).items():
         if noise_type in COLORS:
             row = min(group, key=lambda r: abs(r["correct_label_ratio"] - PER_CLASS_RATIO))

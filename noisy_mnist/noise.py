@@ -4,10 +4,13 @@ per image from it, and the pickle that holds both: a list, in training-set order
 (noisy_label int, p float64 array of 10).
 """
 
+import hashlib
+import math
 import os
 import re
 
 import numpy as np
+import torch as th
 
 from guided_diffusion.cli import UserError
 from guided_diffusion.io_util import load_pickle, save_pickle
@@ -29,16 +32,17 @@ def check_alpha(alpha):
     return alpha
 
 
-def noise_distribution(noise_type, alpha, labels, q=None):
+MODEL_NOISE_VARIANTS = ("original", "precise")
+# The original code's guard against 1 - q[c] = 0 (GenNoisyLabelLoop in classification/utils.py).
+ORIGINAL_EPSILON = 1e-6
+
+
+def noise_distribution(noise_type, alpha, labels, logits=None, model_noise="original"):
     """
-    p [N, 10] float64 for clean labels [N] (numpy int):
+    p [N, 10] float64 for clean labels [N] (numpy int); each row sums to 1:
       uniform: p[c] = alpha, every other class (1 - alpha) / 9;
       fix:     p[c] = alpha, p[(c + 1) % 10] = 1 - alpha;
-      model:   q = the clean model's softmax [N, 10] (float64); p[c] = q[c] * alpha, every
-               other k: q[k] * (1 - q[c] * alpha) / (1 - q[c]).
-    Each row is then divided by its sum. When q[c] is exactly 1 (a confident model in float64),
-    1 - q[c] is 0 and the ratio is undefined; those rows spread 1 - alpha uniformly over the
-    other nine classes instead.
+      model:   from the clean model's logits [N, 10] (`model_noise_distribution`).
     """
     n = len(labels)
     rows = np.arange(n)
@@ -50,17 +54,83 @@ def noise_distribution(noise_type, alpha, labels, q=None):
         p[rows, labels] = alpha
         p[rows, (labels + 1) % NUM_CLASSES] = 1.0 - alpha
     elif noise_type == "model":
-        q = np.asarray(q, dtype=np.float64)
-        q_true = q[rows, labels]
-        rest = 1.0 - q_true
-        certain = rest == 0
-        scale = (1.0 - q_true * alpha) / np.where(certain, 1.0, rest)
-        p = q * scale[:, None]
-        p[certain] = (1.0 - alpha) / (NUM_CLASSES - 1)
-        p[rows, labels] = q_true * alpha
+        return model_noise_distribution(logits, labels, alpha, model_noise)
     else:
         raise UserError(f"--noise_type {noise_type!r} is not one of: {', '.join(NOISE_TYPES)}")
-    return p / p.sum(axis=1, keepdims=True)
+    return p / p.sum(axis=1, keepdims=True)  # as the original normalises every row
+
+
+def model_noise_distribution(logits, labels, alpha, variant="original"):
+    """
+    The paper's "generated" noise from the clean model's logits [N, 10], p [N, 10] float64.
+
+    original (the default; the original code's arithmetic): q = softmax(logits) in float32;
+      beta = (1 - q[c] alpha) / (1 - q[c] + 1e-6); p[k] = q[k] beta for k != c;
+      p[c] = q[c] alpha; p /= sum(p). Where the model is saturated (1 - q[c] below about
+      1e-6; in float32 q[c] is often exactly 1) the epsilon dominates and p stays near the
+      clean label: p[c] is then well above alpha q[c].
+    precise: p[c] = q[c] alpha and the rest, 1 - q[c] alpha, shared in q's proportions:
+      p[k] = (1 - q[c] alpha) q[k] / (1 - q[c]), with 1 - q[c] taken as the sum of the other
+      classes' softmax and every ratio computed in log space (float64), so it stays defined
+      for a saturated model; no epsilon and no fallback.
+    """
+    labels = np.asarray(labels)
+    rows = np.arange(len(labels))
+    if variant == "original":
+        # torch's float32 softmax, as the original computed q (on the logits it saw).
+        q = th.softmax(th.as_tensor(np.asarray(logits), dtype=th.float32), dim=1).numpy().astype(np.float64)
+        q_true = q[rows, labels]
+        beta = (1.0 - q_true * alpha) / (1.0 - q_true + ORIGINAL_EPSILON)
+        p = q * beta[:, None]
+        p[rows, labels] = q_true * alpha
+        return p / p.sum(axis=1, keepdims=True)
+    if variant == "precise":
+        log_q = th.log_softmax(th.as_tensor(np.asarray(logits), dtype=th.float64), dim=1)
+        true = th.zeros_like(log_q, dtype=th.bool)
+        true[rows, labels] = True
+        log_rest = th.logsumexp(log_q.masked_fill(true, -math.inf), dim=1)  # log(1 - q[c]), precisely
+        q_true, rest = log_q[true].exp(), log_rest.exp()
+        kept = (1.0 - alpha) + alpha * rest  # 1 - q[c] alpha, without cancellation
+        p = (log_q - log_rest[:, None]).exp() * kept[:, None]
+        p[true] = q_true * alpha
+        p = p.numpy()
+        return p / p.sum(axis=1, keepdims=True)
+    raise UserError(f"--model_noise {variant!r} is not one of: {', '.join(MODEL_NOISE_VARIANTS)}")
+
+
+def expected_correct_ratio(noise_type, alpha, labels, logits=None, model_noise="original"):
+    """The mean of p[c] over the images: the correct-label ratio that the draw has in expectation."""
+    p = noise_distribution(noise_type, alpha, labels, logits, model_noise)
+    return float(p[np.arange(len(labels)), labels].mean())
+
+
+def alpha_for_ratio(target, noise_type, labels, logits=None, model_noise="original", digits=5):
+    """
+    The alpha whose expected correct-label ratio is `target`, to `digits` significant digits
+    (it names the noise file; a saturated clean model makes the ratio steep in small alphas). For uniform and fix noise p[c] = alpha, so it is the target itself;
+    for model noise the mean p[c](alpha) is increasing in alpha and is solved by bisection.
+    When even alpha = 1 falls short of the target, 1 is returned.
+    """
+    if noise_type != "model":
+        return float(target)
+    ratio = lambda a: expected_correct_ratio("model", a, labels, logits, model_noise)  # noqa: E731
+    if ratio(1.0) <= target:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(40):  # 1e-12 in alpha, far below the rounding
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if ratio(mid) < target else (lo, mid)
+    return float(f"{(lo + hi) / 2:.{digits}g}")
+
+
+def label_rng(seed, noise_type, alpha):
+    """
+    The random stream of one noise file: its own for each (seed, type, alpha), so that the
+    files of a sweep are independent draws (as the original, which drew each file unseeded)
+    and a rerun draws the same labels.
+    """
+    digest = hashlib.sha256(f"{int(seed)}/{noise_type}/{float(alpha)!r}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:16], "little"))
 
 
 def draw_labels(p, rng):

@@ -3,6 +3,7 @@ The paper's MNIST experiment end to end: the clean model; then, for each noise t
 level, noisy labels, a model trained on them, and its analysis; then a results table and
 figures drawn from it. Everything of a sweep lives under out_dir:
 
+    sweep_flags.json                        the flags that decide the runs (a rerun must keep them)
     labels/{type}_noisy_label_{alpha}.pkl   the drawn labels (log.txt: their statistics)
     checkpoints/{run}/                      model*.pt of the run (SimpleCNN's format)
     checkpoints/stacks/{stack}/             model*.pt, opt*.pt of a stack (what it resumes from)
@@ -16,7 +17,9 @@ weights and the batch order, so up to `stack` of them train together as one Stac
 go to `workers` single-threaded processes, the same number of runs to each; the few runs
 left over (fewer than `workers`) train last as one stack on every core. A rerun skips every
 stage whose output exists and continues a killed stack from its latest checkpoint (keep
---stack, --workers and --levels the same for that: they decide which runs share a stack).
+--stack and --workers for that: they decide which runs share a stack); it must keep the
+flags recorded in sweep_flags.json, which decide the labels. Each noise file is drawn from a random stream of its own (seed, type, alpha), and
+model-noise alphas solve mean p[c](alpha) = target ratio for the formula in use.
 """
 
 import csv
@@ -33,11 +36,12 @@ import torch as th
 
 from guided_diffusion import dist_util
 from guided_diffusion.cli import UserError, require_file
-from guided_diffusion.io_util import atomic_write, save_json
+from guided_diffusion.io_util import atomic_write, record_run_flags, save_json
 
 from . import figures, tasks
 from .data import load_split, to_inputs
-from .noise import NOISE_TYPES, noise_file_name
+from .model import predict_logits
+from .noise import NOISE_TYPES, alpha_for_ratio, expected_correct_ratio, noise_file_name
 
 COLUMNS = ("noise_type", "alpha", "correct_label_ratio", "test_accuracy", "clean_train_accuracy",
            "ce_average", "ce_minimum", "tv_mean")
@@ -53,6 +57,7 @@ def sweep_defaults():
         noise_types="uniform,fix,model",
         levels="",  # target correct-label ratios, e.g. 0.9,0.5; "": the paper's eight per type
         seed=0,
+        model_noise="original",  # the formula of model noise: the original code's, or "precise"
         stack=5,  # runs trained together as one stacked network (1: one at a time)
         workers=2,  # stacks training at a time, in processes that share the CPU cores
         eval_batch_size=2000,
@@ -64,7 +69,7 @@ def stage_args(cfg, **overrides):
     """The flags of one mnist_classification.py stage within the sweep."""
     args = tasks.mnist_defaults()
     args.update({k: cfg[k] for k in ("data_dir", "max_step", "save_interval", "log_interval", "seed",
-                                     "eval_batch_size")})
+                                     "eval_batch_size", "model_noise")})
     args.update(overrides)
     return SimpleNamespace(**args)
 
@@ -186,13 +191,24 @@ def split_into_stacks(specs, stack, workers=1):
     return stacks, specs[start:]
 
 
-def mean_true_class_probability(cfg):
-    """Mean over training images of q[c], the clean model's softmax at the true class."""
+def model_noise_alphas(cfg, ratios):
+    """
+    {alpha: target ratio} for model noise: each alpha solves mean p[c](alpha) = target for the
+    formula in use (--model_noise) on the clean model's logits, by bisection.
+    """
     args = stage_args(cfg, resume_checkpoint=final_checkpoint(cfg))
     model, _ = tasks.load_trained_model(args, clean_dir(cfg), "the clean run did not finish")
     images, labels = load_split(cfg["data_dir"], "train")
-    q = tasks.model_softmax(model, to_inputs(images, dist_util.dev()), cfg["eval_batch_size"])
-    return q[th.arange(len(labels)), labels.to(q.device)].mean().item()
+    logits = predict_logits(model, to_inputs(images, dist_util.dev()), cfg["eval_batch_size"]).cpu().numpy()
+    labels = labels.numpy()
+    alphas = {}
+    for ratio in ratios:
+        alpha = alpha_for_ratio(ratio, "model", labels, logits, cfg["model_noise"])
+        expected = expected_correct_ratio("model", alpha, labels, logits, cfg["model_noise"])
+        print(f"model noise ({cfg['model_noise']} formula): target ratio {ratio} -> alpha {alpha} "
+              f"(expected ratio {expected:.4f})", flush=True)
+        alphas.setdefault(alpha, ratio)
+    return alphas
 
 
 def target_levels(cfg):
@@ -211,6 +227,23 @@ def target_levels(cfg):
         return {t: list(dict.fromkeys(levels)) for t in types}
     paper = figures.load_paper(cfg["paper_results"])
     return {t: paper[t]["correct_label_ratio"] for t in types}
+
+
+# The flags that decide a sweep's labels: a rerun into the same --out_dir must keep them.
+# (--max_step may grow: the stacks then train on. --stack and --workers decide which runs
+# share a stack: changed, a killed stack starts afresh instead of resuming.)
+RECORDED_FLAGS = ("noise_types", "levels", "seed", "model_noise")
+
+
+def record_sweep(cfg):
+    """Write {out_dir}/sweep_flags.json, or refuse a rerun whose flags contradict it."""
+    path = os.path.join(cfg["out_dir"], "sweep_flags.json")
+    if not os.path.exists(path) and os.path.isdir(os.path.join(cfg["out_dir"], "labels")):
+        raise UserError(f"--out_dir {cfg['out_dir']!r} holds a sweep without sweep_flags.json, made by an "
+                        f"earlier version whose labels were drawn differently; choose another --out_dir")
+    flags = {k: cfg[k] for k in RECORDED_FLAGS}
+    flags["data_dir"] = os.path.realpath(cfg["data_dir"])
+    record_run_flags(path, flags, "out_dir")
 
 
 def _init_worker(threads):
@@ -233,6 +266,7 @@ def run_sweep(cfg):
     levels = target_levels(cfg)
     for split in ("train", "test"):
         load_split(cfg["data_dir"], split)  # a data mistake ends here, not in a worker
+    record_sweep(cfg)
     pool, console, own_threads = None, cfg["workers"] == 1, th.get_num_threads()
     if not console:
         threads = max(1, len(os.sched_getaffinity(0)) // cfg["workers"])
@@ -254,11 +288,7 @@ def run_sweep(cfg):
         jobs = [submit(train_stack, cfg, with_labels(group), console) for group in stacks]
         if "model" in levels:
             jobs[0].result()  # the stack with the clean run
-            # E[correct-label ratio] = alpha * mean q[c], so this alpha lands near the target.
-            mean_q = mean_true_class_probability(cfg)
-            print(f"clean model: mean softmax at the true class {mean_q:.4f}", flush=True)
-            alphas = dict.fromkeys(min(1.0, round(ratio / mean_q, 4)) for ratio in levels["model"])
-            model_runs = [("model", alpha) for alpha in alphas]
+            model_runs = [("model", alpha) for alpha in model_noise_alphas(cfg, levels["model"])]
             for spec in model_runs:
                 rank[spec] = len(rank)
             model_stacks, model_tail = split_into_stacks(model_runs, cfg["stack"], cfg["workers"])

@@ -32,9 +32,12 @@ from . import figures
 from .data import load_split, to_inputs, train_batches
 from .model import NUM_CLASSES, create_model, load_weights, model_defaults, predict_logits
 from .noise import (
+    MODEL_NOISE_VARIANTS,
     NOISE_TYPES,
+    ORIGINAL_EPSILON,
     check_alpha,
     draw_labels,
+    label_rng,
     load_noisy_labels,
     noise_distribution,
     noise_file_name,
@@ -48,7 +51,7 @@ CLEAN = "clean"  # the name of results on clean labels
 
 
 def mnist_defaults():
-    """The flags of mnist_classification.py: the original's, plus seed and eval_batch_size."""
+    """The flags of mnist_classification.py: the original's, plus seed, eval_batch_size and model_noise."""
     return dict(
         data_dir="data/mnist",
         lr=1e-4,
@@ -67,6 +70,7 @@ def mnist_defaults():
         noise_label_file="model_noisy_label_0.8.pkl",  # inside data_dir, or any path
         seed=0,
         eval_batch_size=2000,
+        model_noise="original",  # the original code's formula; "precise": no epsilon, in log space
         **model_defaults(),
     )
 
@@ -75,6 +79,7 @@ def run(args, console=True):
     """Run the task that args.task names; console=False: no progress bar, log to files only."""
     check_choice(args.task, list(TASK_FUNCTIONS), "task")
     check_choice(args.noise_type, NOISE_TYPES, "noise_type")
+    check_choice(args.model_noise, MODEL_NOISE_VARIANTS, "model_noise")
     check_alpha(args.alpha)
     for flag in ("batch_size", "max_step", "save_interval", "log_interval", "eval_batch_size"):
         if getattr(args, flag) < 1:
@@ -130,11 +135,6 @@ def load_trained_model(args, model_save_dir, missing_hint):
     path = require_file(os.path.join(model_save_dir, name), "resume_checkpoint", missing_hint)
     model = create_model(args.input_dim, args.hidden_dims, dist_util.dev())
     return load_weights(model, path, "resume_checkpoint"), path
-
-
-def model_softmax(model, inputs, batch_size):
-    """The model's softmax in float64 (the noise distributions need q[c] close to 1 exactly)."""
-    return F.softmax(predict_logits(model, inputs, batch_size).double(), dim=1)
 
 
 def cross_entropy_loss(model, inputs, targets):
@@ -288,28 +288,32 @@ def train_on_noisy_label(args, model_save_dir, console):
 def generate_noisy_label(args, model_save_dir, console):
     """Writes {log_dir}/{noise_type}_noisy_label_{alpha}.pkl; returns its path."""
     images, labels = load_split(args.data_dir, "train")
-    q, source = None, ""
+    logits, source = None, ""
     if args.noise_type == "model":
         model, source = load_trained_model(
             args, model_save_dir, "train the clean model first: python mnist_classification.py --task train")
-        q = model_softmax(model, to_inputs(images, dist_util.dev()), args.eval_batch_size).cpu().numpy()
+        logits = predict_logits(model, to_inputs(images, dist_util.dev()), args.eval_batch_size).cpu().numpy()
     start_log(args, console)
     if source:
-        logger.log(f"q = softmax of the clean model {source}")
+        logger.log(f"q = softmax of the clean model {source} ({args.model_noise} formula)")
     clean = labels.numpy()
-    p = noise_distribution(args.noise_type, args.alpha, clean, q)
-    noisy = draw_labels(p, np.random.default_rng(args.seed))
+    p = noise_distribution(args.noise_type, args.alpha, clean, logits, args.model_noise)
+    noisy = draw_labels(p, label_rng(args.seed, args.noise_type, args.alpha))
     path = os.path.join(args.log_dir, noise_file_name(args.noise_type, args.alpha))
     save_noisy_labels(path, noisy, p)
     summary = noise_summary(noisy, p, clean)
-    if q is not None:
-        summary["mean_q_true"] = float(q[np.arange(len(clean)), clean].mean())
+    summary["expected_correct_label_ratio"] = float(p[np.arange(len(clean)), clean].mean())
+    if logits is not None:
+        q = F.softmax(th.from_numpy(logits), dim=1).double().numpy()  # float32 softmax, as the formula's
+        q_true = q[np.arange(len(clean)), clean]
+        summary["mean_q_true"] = float(q_true.mean())
+        summary["saturated_share"] = float(np.mean(1.0 - q_true < ORIGINAL_EPSILON))
     for key, value in summary.items():
         logger.logkv(key, value)
     logger.dumpkvs()
     logger.log(f"{args.noise_type} noise, alpha {args.alpha}: correct-label ratio "
-               f"{summary['correct_label_ratio']:.4f}, argmax p != c for {summary['argmax_wrong_ratio']:.4f}; "
-               f"saved {path}")
+               f"{summary['correct_label_ratio']:.4f} (expected {summary['expected_correct_label_ratio']:.4f}), "
+               f"argmax p != c for {summary['argmax_wrong_ratio']:.4f}; saved {path}")
     return path
 
 
@@ -358,6 +362,7 @@ def analyse_logits(args, data, labels_file, noisy_labels, p, checkpoint, console
         checkpoint=checkpoint,
         step=step,
         correct_label_ratio=(noisy_labels == data.train_y).double().mean().item(),
+        expected_correct_label_ratio=(p * in_class).sum(dim=1).mean().item(),  # mean p[c]
         clean_train_accuracy=accuracy(train_logits, data.train_y),
         test_accuracy=accuracy(test_logits, data.test_y),
         ce_average=(-(p * log_softmax).sum(dim=1)).mean().item(),

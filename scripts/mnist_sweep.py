@@ -9,8 +9,9 @@ model trained on them and its analysis; results.json / results.csv and figures u
     python -m noisy_mnist.figures logs/mnist_sweep/results.json FIG_DIR  # redraw the figures
 
 Levels are target correct-label ratios (default: the paper's measured ones); for uniform
-and fix noise alpha is the ratio itself, for model noise alpha = ratio / (the clean
-model's mean softmax at the true class), at most 1.
+and fix noise alpha is the ratio itself, for model noise the alpha whose mean p[c] over the
+training images (the expected ratio, with --model_noise's formula on the clean model's
+softmax) is the target, found by bisection; at most 1.
 """
 
 import argparse

@@ -15,8 +15,12 @@ from guided_diffusion.io_util import load_pickle
 from noisy_mnist.data import train_batches
 from noisy_mnist.model import SimpleCNN
 from noisy_mnist.noise import (
+    alpha_for_ratio,
     draw_labels,
+    expected_correct_ratio,
+    label_rng,
     load_noisy_labels,
+    model_noise_distribution,
     noise_distribution,
     noise_file_name,
     noise_summary,
@@ -29,11 +33,6 @@ N = 20000
 @pytest.fixture
 def clean_labels():
     return np.random.default_rng(1).integers(0, 10, N)
-
-
-def random_softmax(n, seed=2, scale=4.0):
-    logits = np.random.default_rng(seed).normal(scale=scale, size=(n, 10))
-    return th.softmax(th.from_numpy(logits), dim=1).numpy()
 
 
 def test_uniform_distribution(clean_labels):
@@ -54,32 +53,115 @@ def test_fix_draws_only_c_or_next_class(clean_labels):
     assert np.count_nonzero(p) == 2 * N
 
 
-def test_model_distribution(clean_labels):
-    q = random_softmax(N)
+def original_model_noise(logits, labels, alpha):
+    """
+    A direct transcription of the original code (GenNoisyLabelLoop.forward_backward in
+    classification/utils.py): float32 softmax, then per image in numpy.
+    """
+    pred_prob = F.softmax(th.as_tensor(logits, dtype=th.float32), dim=1).detach().cpu().numpy()
+    rows = []
+    for i in range(len(labels)):
+        category = int(labels[i])
+        new_prob = np.copy(pred_prob[i])
+        right_prob = new_prob[category]
+        beta = (1. - right_prob * alpha) / (1. - right_prob + 1e-6)
+        new_prob = new_prob * beta
+        new_prob[category] = right_prob * alpha
+        new_prob = new_prob / np.sum(new_prob)
+        rows.append(new_prob)
+    return np.stack(rows)
+
+
+def random_logits(n, seed=2, scale=4.0):
+    return np.random.default_rng(seed).normal(scale=scale, size=(n, 10)).astype(np.float32)
+
+
+def clean_model_logits(labels, margin):
+    """Logits of a clean model that favours the true class by `margin` (20: saturated in float32)."""
+    logits = random_logits(len(labels), scale=1.0)
+    logits[np.arange(len(labels)), labels] += margin
+    return logits
+
+
+@pytest.mark.parametrize("margin", [0.0, 4.0, 12.0, 20.0])
+@pytest.mark.parametrize("alpha", [0.9, 0.5, 0.2])
+def test_model_noise_is_the_original_arithmetic(margin, alpha):
+    labels = np.random.default_rng(1).integers(0, 10, 2000)
+    logits = clean_model_logits(labels, margin)
+    p = model_noise_distribution(logits, labels, alpha)
+    want = original_model_noise(logits, labels, alpha)
+    assert p.dtype == np.float64
+    np.testing.assert_allclose(p, want, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-12)
+    q = F.softmax(th.from_numpy(logits), dim=1).numpy()
+    saturated = 1.0 - q[np.arange(2000), labels] < 1e-6
+    if margin == 20.0:
+        assert saturated.mean() > 0.9
+        # where the model is saturated p stays near the clean label, far above alpha q[c]
+        p_true = p[np.arange(2000), labels][saturated]
+        assert p_true.min() > alpha and p_true.mean() > (1 + alpha) / 2
+    assert noise_distribution("model", alpha, labels, logits) is not None
+
+
+def test_model_noise_original_on_a_saturated_row():
+    logits = np.zeros((2, 10), dtype=np.float32)
+    logits[0, 3] = 100.0  # float32 softmax: q[c] == 1 exactly
+    logits[1] = random_logits(1)[0]
+    p = model_noise_distribution(logits, np.array([3, 4]), 0.8)
+    assert np.isfinite(p).all()
+    # 1 - q[c] = 0: beta = (1 - 0.8) / 1e-6 multiplies the others' q, which are ~e^-100: p[c] = 1.
+    assert p[0, 3] == pytest.approx(1.0, abs=1e-12)
+    q1 = F.softmax(th.from_numpy(logits[1]), dim=0).double().numpy()
+    assert p[1, 4] == pytest.approx(q1[4] * 0.8 / (q1[4] * 0.8 + (1 - q1[4]) * (1 - q1[4] * 0.8)
+                                                  / (1 - q1[4] + 1e-6)), rel=1e-6)
+
+
+@pytest.mark.parametrize("margin", [0.0, 20.0, 60.0])
+def test_model_noise_precise(clean_labels, margin):
+    logits = clean_model_logits(clean_labels, margin)
     alpha = 0.55
-    p = noise_distribution("model", alpha, clean_labels, q)
+    p = model_noise_distribution(logits, clean_labels, alpha, "precise")
     rows = np.arange(N)
+    q = th.softmax(th.from_numpy(logits).double(), dim=1).numpy()
     np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=0, atol=1e-12)
     np.testing.assert_allclose(p[rows, clean_labels], q[rows, clean_labels] * alpha, rtol=1e-12)
-    # The other classes keep q's proportions.
-    k = (clean_labels + 3) % 10
-    m = (clean_labels + 5) % 10
-    np.testing.assert_allclose(p[rows, k] / p[rows, m], q[rows, k] / q[rows, m], rtol=1e-9)
+    # The other classes share 1 - alpha q[c] in q's proportions, even where 1 - q[c] underflows.
+    k, m = (clean_labels + 3) % 10, (clean_labels + 5) % 10
+    log_q = th.log_softmax(th.from_numpy(logits).double(), dim=1).numpy()
+    np.testing.assert_allclose(np.log(p[rows, k] / p[rows, m]), log_q[rows, k] - log_q[rows, m], atol=1e-9)
+    assert np.isfinite(p).all() and (p > 0).all()
 
 
-def test_model_distribution_when_the_model_is_certain():
-    q = np.zeros((2, 10))
-    q[0, 3] = 1.0  # 1 - q[c] underflows to 0: spread 1 - alpha uniformly
-    q[1] = random_softmax(1)[0]
-    p = noise_distribution("model", 0.8, np.array([3, 4]), q)
-    assert np.isfinite(p).all()
-    np.testing.assert_allclose(p[0], np.where(np.arange(10) == 3, 0.8, 0.2 / 9))
-    np.testing.assert_allclose(p[1, 4], q[1, 4] * 0.8)
+def test_alpha_for_ratio_solves_the_formula_in_use(clean_labels):
+    for margin in (4.0, 20.0):
+        logits = clean_model_logits(clean_labels, margin)
+        for variant in ("original", "precise"):
+            for target in (0.7, 0.5, 0.25):
+                alpha = alpha_for_ratio(target, "model", clean_labels, logits, variant)
+                got = expected_correct_ratio("model", alpha, clean_labels, logits, variant)
+                assert got == pytest.approx(target, abs=1e-4), (margin, variant, target, alpha)
+                if variant == "original" and margin == 20.0:
+                    assert alpha < target - 0.1  # saturation lifts the ratio above alpha
+    assert alpha_for_ratio(0.4274, "uniform", clean_labels) == 0.4274
+    assert alpha_for_ratio(0.99, "model", clean_labels, random_logits(N, scale=0.1)) == 1.0  # out of reach
+
+
+def test_each_noise_file_is_an_independent_reproducible_draw(clean_labels):
+    draws = {a: draw_labels(noise_distribution("uniform", a, clean_labels), label_rng(0, "uniform", a))
+             for a in (0.8, 0.6)}
+    wrong1, wrong2 = draws[0.8] != clean_labels, draws[0.6] != clean_labels
+    conditional = wrong2[wrong1].mean()
+    standard_error = np.sqrt(0.4 * 0.6 / wrong1.sum())
+    assert abs(conditional - 0.4) < 4 * standard_error, conditional  # the same stream would give 1.0
+    again = draw_labels(noise_distribution("uniform", 0.8, clean_labels), label_rng(0, "uniform", 0.8))
+    np.testing.assert_array_equal(again, draws[0.8])
+    other_type = draw_labels(noise_distribution("fix", 0.8, clean_labels), label_rng(0, "fix", 0.8))
+    assert (other_type != clean_labels)[wrong1].mean() < 0.3  # fix 0.8: 0.2 wrong, independently of uniform's
 
 
 @pytest.mark.parametrize("noise_type,alpha", [("uniform", 0.4274), ("fix", 0.8054), ("model", 0.9)])
 def test_correct_label_ratio_within_three_standard_errors(clean_labels, noise_type, alpha):
-    p = noise_distribution(noise_type, alpha, clean_labels, random_softmax(N))
+    p = noise_distribution(noise_type, alpha, clean_labels, random_logits(N))
     p_true = p[np.arange(N), clean_labels]
     for seed in range(3):
         noisy = draw_labels(p, np.random.default_rng(seed))

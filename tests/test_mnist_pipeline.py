@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch as th
 
+from guided_diffusion.cli import UserError
 from noisy_mnist import tasks
 from noisy_mnist.model import SimpleCNN, create_model
 from noisy_mnist.sweep import COLUMNS, analysis_args, run_dirs, run_sweep, split_into_stacks, sweep_defaults
@@ -312,6 +313,9 @@ def test_tiny_sweep_end_to_end_and_rerun(data_dir, tmp_path):
         assert np.allclose(alone["per_class_softmax"], row["per_class_softmax"], atol=1e-6)
     # A rerun finds every stage done and gives the same table (here in this process).
     assert run_sweep(dict(cfg, workers=1)) == rows
+    # One --out_dir holds one sweep: flags that would draw other labels are refused.
+    with pytest.raises(UserError, match="--model_noise 'precise' contradicts"):
+        run_sweep(dict(cfg, model_noise="precise"))
 
 
 @pytest.mark.parametrize("runs, stack, workers, sizes, tail", [
