@@ -18,11 +18,15 @@ from guided_diffusion.cli import create_argparser, run_main
 from noisy_mnist.tasks import mnist_defaults, run
 
 
-@run_main
-def main():
+def create_parser():
     parser = create_argparser(mnist_defaults(), description=__doc__)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    run(parser.parse_args())
+    return parser
+
+
+@run_main
+def main():
+    run(create_parser().parse_args())
 
 
 if __name__ == "__main__":

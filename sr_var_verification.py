@@ -6,16 +6,17 @@ true image, calibration, and (on the exact testbed) the exact posterior. Writes
 {log_dir}/results_grid.png.
 """
 
-from guided_diffusion import logger
 from guided_diffusion.cli import create_argparser, run_main
 from sr_var.verification import verification_defaults, verify
 
 
+def create_parser():
+    return create_argparser(verification_defaults(), description=__doc__)
+
+
 @run_main
 def main():
-    args = create_argparser(verification_defaults(), description=__doc__).parse_args()
-    logger.configure(args.log_dir)
-    verify(args)
+    verify(create_parser().parse_args())
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ truncated file under a final name), a restricted unpickler for the pickles the s
 read, and checkpoint loading that names the flag most likely behind a mismatch.
 """
 
+import errno
 import glob
 import io
 import json
@@ -11,6 +12,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 
 import numpy as np
 import torch as th
@@ -24,11 +26,16 @@ os.umask(_UMASK)
 
 
 def atomic_write(path, write_fn, fsync=False):
-    """Write a file through `write_fn(binary_file)` to a temporary name, then rename it."""
+    """
+    Write a file through `write_fn(binary_file)` to a temporary name, then rename it. A
+    failure leaves nothing behind and is an OSError that names `path` (a full disk, a
+    read-only folder), which the scripts report as one line.
+    """
     directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}{TMP_MARK}")
+    tmp = None
     try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}{TMP_MARK}")
         with os.fdopen(fd, "wb") as f:
             write_fn(f)
             if fsync:
@@ -36,9 +43,13 @@ def atomic_write(path, write_fn, fsync=False):
                 os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual mode
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:
+            raise OSError(e.errno, e.strerror or str(e), path) from None
+        if isinstance(e, RuntimeError) and "write" in str(e).lower():  # torch.save's writer
+            raise OSError(errno.EIO, f"cannot write the file ({str(e).splitlines()[0][:120]})", path) from None
         raise
 
 
@@ -67,12 +78,12 @@ def save_png(array, path):
     atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
-def record_run_flags(path, flags, folder_flag):
+def record_run_flags(path, flags, folder_flag, write=True):
     """
     The record of the flags that define a run folder, as JSON at `path`: the first run writes
     it, and a later run whose flags contradict it is refused with one line naming the flag,
     so that one folder never mixes the work of two different runs. `folder_flag` names the
-    flag that chose the folder (for the advice to choose another).
+    flag that chose the folder (for the advice to choose another). write=False only checks.
     """
     if os.path.exists(path):
         try:
@@ -84,10 +95,11 @@ def record_run_flags(path, flags, folder_flag):
             if key in saved and saved[key] != value:
                 raise UserError(f"--{key} {value!r} contradicts {path!r}, which has {key}={saved[key]!r}; "
                                 f"keep the flags of the run in this --{folder_flag} or choose another")
-        if set(flags) - set(saved):
+        if write and set(flags) - set(saved):
             save_json({**saved, **flags}, path)
         return
-    save_json(flags, path)
+    if write:
+        save_json(flags, path)
 
 
 def png_is_complete(path):
@@ -158,15 +170,39 @@ def loads_pickle(data):
 # Checkpoints
 # ---------------------------------------------------------------------------------------
 
+def torch_load(path):
+    """
+    torch.load(weights_only=True) on the CPU, without torch's warnings about the file's
+    pickle protocol (a one-line error, or none, is what the scripts print).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return th.load(path, map_location="cpu", weights_only=True)
+
+
+def torch_load_error(e):
+    """
+    Why torch.load(weights_only=True) refused a file, in one line and without torch's advice
+    to retry with weights_only=False (which would run whatever code the file carries).
+    """
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("WeightsUnpickler error:"):
+            return f"it holds objects other than tensors, refused ({line.split(':', 1)[1].strip()[:160]})"
+    first = lines[0] if lines else type(e).__name__
+    if "weights_only" in first or "Weights only" in first:
+        return "it holds objects other than tensors, refused"
+    return first[:200]
+
+
 def load_state_dict(path, flag=None):
     """Read a state_dict with `weights_only=True`; a bad file is a UserError."""
     require_file(path, flag)
     where = f" (--{flag})" if flag else ""
     try:
-        state_dict = th.load(path, map_location="cpu", weights_only=True)
+        state_dict = torch_load(path)
     except Exception as e:  # torch raises many kinds for a corrupt or foreign file
-        raise UserError(f"{path!r}{where} is not a readable PyTorch checkpoint: "
-                        f"{str(e).splitlines()[0][:200]}") from None
+        raise UserError(f"{path!r}{where} is not a readable PyTorch checkpoint: {torch_load_error(e)}") from None
     if not isinstance(state_dict, dict) or not all(th.is_tensor(v) for v in state_dict.values()):
         raise UserError(f"{path!r}{where} does not hold a model state_dict")
     if state_dict and all(k.startswith("module.") for k in state_dict):

@@ -126,6 +126,7 @@ class Logger:
         self.name2sum = defaultdict(float)
         self.name2count = defaultdict(int)
         self.warned = set()
+        self.early = []  # what a logger without a folder said: configure() puts it into log.txt
         for fmt in format_strs:
             if fmt == "stdout":
                 # The terminal gets messages; the progress bar shows the loss, and the
@@ -160,6 +161,8 @@ class Logger:
 
     def log(self, *args):
         text = " ".join(str(a) for a in args)
+        if self.dir is None:
+            self.early.append(text)
         for fmt in ("stdout", "log"):
             if fmt in self.outputs:
                 self.outputs[fmt].write_text(text)
@@ -189,6 +192,7 @@ def configure(log_dir, format_strs=DEFAULT_FORMATS, rank=0):
     """
     global _current
     _current.close()
+    early = _current.early if _current.dir is None else []
     if rank != 0:
         rank_dir = os.path.join(log_dir, f"rank{rank}")
         os.makedirs(rank_dir, exist_ok=True)
@@ -196,6 +200,9 @@ def configure(log_dir, format_strs=DEFAULT_FORMATS, rank=0):
         return _current
     os.makedirs(log_dir, exist_ok=True)
     _current = Logger(log_dir, format_strs=format_strs)
+    if "log" in _current.outputs:  # the checks before the folder existed, already on stdout
+        for text in early:
+            _current.outputs["log"].write_text(text)
     _current.log(f"logging to {log_dir} ({time.strftime('%Y-%m-%d %H:%M:%S')})")
     return _current
 

@@ -19,12 +19,20 @@ def space_timesteps(num_timesteps, section_counts):
     """
     if isinstance(section_counts, str):
         if section_counts.startswith("ddim"):
-            desired_count = int(section_counts[len("ddim"):])
+            try:
+                desired_count = int(section_counts[len("ddim"):])
+            except ValueError:
+                raise ValueError(f"{section_counts!r} is not ddim followed by a step count") from None
             for stride in range(1, num_timesteps):
                 if len(range(0, num_timesteps, stride)) == desired_count:
                     return set(range(0, num_timesteps, stride))
             raise ValueError(f"cannot create exactly {desired_count} steps with an integer stride")
-        section_counts = [int(x) for x in section_counts.split(",")]
+        try:
+            section_counts = [int(x) for x in section_counts.split(",")]
+        except ValueError:
+            raise ValueError(f"{section_counts!r} is not a list of step counts") from None
+    if any(count < 1 for count in section_counts):
+        raise ValueError("every section needs at least one step")
     size_per = num_timesteps // len(section_counts)
     extra = num_timesteps % len(section_counts)
     start_idx = 0

@@ -4,7 +4,7 @@ builders of the paper's mean and variance models with the original code's defaul
 """
 
 from . import gaussian_diffusion as gd
-from .cli import add_dict_to_argparser, args_to_dict, str2bool  # noqa: F401 (public API)
+from .cli import UserError, add_dict_to_argparser, args_to_dict, str2bool  # noqa: F401 (public API)
 from .respace import SpacedDiffusion, space_timesteps
 from .unet import PlainUNetModel, SuperResModel, UNetModel, VarianceModel
 
@@ -189,13 +189,27 @@ def sr_create_model_and_diffusion(large_size, small_size, class_cond, learn_sigm
     return model, diffusion
 
 
+NOISE_SCHEDULES = ("linear", "cosine")
+
+
 def diffusion_from_flags(flags):
-    """create_gaussian_diffusion from the diffusion_defaults() entries of a flags dict."""
-    return create_gaussian_diffusion(
-        steps=flags["diffusion_steps"], learn_sigma=flags["learn_sigma"], noise_schedule=flags["noise_schedule"],
-        use_kl=flags["use_kl"], predict_xstart=flags["predict_xstart"], rescale_timesteps=flags["rescale_timesteps"],
-        rescale_learned_sigmas=flags["rescale_learned_sigmas"], timestep_respacing=flags["timestep_respacing"],
-    )
+    """
+    create_gaussian_diffusion from the diffusion_defaults() entries of a flags dict; an
+    unknown schedule or a respacing that cannot be made is a one-line UserError.
+    """
+    if flags["noise_schedule"] not in NOISE_SCHEDULES:
+        raise UserError(f"--noise_schedule {flags['noise_schedule']!r} is not one of: {', '.join(NOISE_SCHEDULES)}")
+    try:
+        return create_gaussian_diffusion(
+            steps=flags["diffusion_steps"], learn_sigma=flags["learn_sigma"], noise_schedule=flags["noise_schedule"],
+            use_kl=flags["use_kl"], predict_xstart=flags["predict_xstart"],
+            rescale_timesteps=flags["rescale_timesteps"],
+            rescale_learned_sigmas=flags["rescale_learned_sigmas"], timestep_respacing=flags["timestep_respacing"],
+        )
+    except ValueError as e:
+        raise UserError(f"--timestep_respacing {flags['timestep_respacing']!r} cannot be made from "
+                        f"--diffusion_steps {flags['diffusion_steps']}: {e} (write step counts such as 250 or "
+                        f"10,20,30, or ddimN)") from None
 
 
 def create_gaussian_diffusion(*, steps=1000, learn_sigma=False, sigma_small=False, noise_schedule="linear",

@@ -2,15 +2,16 @@
 The one training loop of the project (MNIST classifiers, SR mean and variance models):
 microbatch gradient accumulation, fp16 with loss scaling, Adam/AdamW, linear lr
 annealing, stopping by step count or wall time, atomic checkpoints every
-`save_interval`, a checkpoint on SIGTERM / SIGUSR1 (cluster pre-emption), resuming with
-optimizer state, and DDP when launched under mpiexec.
+`save_interval`, resuming with optimizer state, and DDP when launched under mpiexec.
+SIGTERM / SIGUSR1 (cluster pre-emption) and --run_time end the loop with a checkpoint and
+raise `Preempted` (exit status 75): the run is not finished, and the same command with
+`--resume_checkpoint latest` continues it. One live run per `model_save_dir` (a lock).
 """
 
 import contextlib
 import glob
 import os
 import re
-import signal
 import time
 
 import torch as th
@@ -18,9 +19,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import dist_util, logger
-from .cli import UserError
+from .cli import Preempted, UserError, lock_folder, stop_requested, stop_signals
 from .fp16_util import INITIAL_LOG_LOSS_SCALE, MixedPrecisionTrainer
-from .io_util import load_state_dict, save_torch
+from .io_util import load_state_dict, save_torch, torch_load, torch_load_error
 
 CHECKPOINT_RE = re.compile(r"^model(\d+)\.pt$")
 
@@ -128,7 +129,6 @@ class TrainLoop:
         if use_fp16 and self.device.type != "cuda":
             logger.warn_once("--use_fp16 True needs a GPU; training in fp32 on the CPU")
             use_fp16 = False
-        os.makedirs(model_save_dir, exist_ok=True)
         resume_checkpoint = resolve_resume_checkpoint(model_save_dir, resume_checkpoint)
         self.step = parse_resume_step_from_filename(resume_checkpoint)
 
@@ -142,7 +142,11 @@ class TrainLoop:
         if resume_checkpoint:
             path = os.path.join(model_save_dir, resume_checkpoint)
             logger.log(f"resuming from {path} (step {self.step})")
-            self.mp_trainer.load_state_dict(load_state_dict(path, "resume_checkpoint"))
+            try:
+                self.mp_trainer.load_state_dict(load_state_dict(path, "resume_checkpoint"))
+            except RuntimeError as e:  # keys or shapes of another model
+                raise UserError(f"checkpoint {path!r} (--resume_checkpoint) does not fit the model built from "
+                                f"the flags: {str(e).splitlines()[0][:160]}") from None
         dist_util.sync_params(self.mp_trainer.model_params)
 
         opt_cls = {"adamw": th.optim.AdamW, "adam": th.optim.Adam}[optimizer]
@@ -151,6 +155,8 @@ class TrainLoop:
         self.opt = opt_cls(self.mp_trainer.master_params, lr=lr, weight_decay=weight_decay, fused=True)
         if resume_checkpoint:
             self._load_optimizer_state()
+        if dist_util.get_rank() == 0:  # after every check: a refused run leaves the folder as it was
+            lock_folder(model_save_dir, "model_save_dir")
 
         self.use_ddp = dist_util.get_world_size() > 1
         if self.use_ddp:
@@ -160,7 +166,6 @@ class TrainLoop:
         else:
             self.ddp_model = self.model
 
-        self._stop_signal = None
         self._loss_sum = None
         self._loss_count = 0
 
@@ -171,10 +176,20 @@ class TrainLoop:
         if not os.path.exists(path):
             logger.warn_once(f"no optimizer state {path}; resuming with a fresh optimizer")
             return
-        state = th.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch_load(path)
+        except Exception as e:  # a corrupt or foreign file
+            raise UserError(f"optimizer state {path!r} is not readable: {torch_load_error(e)}; delete it to "
+                            f"resume with a fresh optimizer") from None
+        if not isinstance(state, dict) or "state" not in state or "param_groups" not in state:
+            raise UserError(f"{path!r} is not an optimizer state; delete it to resume with a fresh optimizer")
         if "lg_loss_scale" in state:
             self.mp_trainer.lg_loss_scale = state.pop("lg_loss_scale")
-        self.opt.load_state_dict(state)
+        try:
+            self.opt.load_state_dict(state)
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise UserError(f"optimizer state {path!r} does not fit this model ({str(e).splitlines()[0][:120]}); "
+                            f"delete it to resume with a fresh optimizer") from None
 
     def save(self):
         """Write opt{step}.pt, then model{step}.pt (the model file marks a complete checkpoint)."""
@@ -198,28 +213,33 @@ class TrainLoop:
         return self.max_step
 
     def _should_stop(self, start_time):
-        """Stop on a signal or when run_time is used up; all ranks agree."""
-        stop = self._stop_signal is not None
-        if self.run_time > 0 and time.time() - start_time > self.run_time * 3600:
-            stop = True
+        """Why to stop now (a signal, or run_time used up), or None; all ranks agree."""
+        why = stop_requested()
+        if why is None and self.run_time > 0 and time.time() - start_time > self.run_time * 3600:
+            why = f"--run_time {self.run_time} h used up"
         if self.use_ddp:
-            flag = th.tensor(float(stop), device=self.device)
+            flag = th.tensor(float(why is not None), device=self.device)
             dist.all_reduce(flag)
-            stop = flag.item() > 0
-        return stop
-
-    def _on_signal(self, signum, frame):
-        del frame
-        self._stop_signal = signal.Signals(signum).name
+            if flag.item() > 0 and why is None:
+                why = "another rank stopped"
+        return why
 
     def run_loop(self):
+        """
+        Train to the end step. Stopped early by a signal or --run_time, it saves a checkpoint
+        and raises Preempted (the caller's run then ends with exit status 75).
+        """
         end_step = self._end_step()
         if self.step >= end_step:
             logger.log(f"nothing to do: step {self.step} >= {end_step}")
             return
-        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGUSR1)}
+        with stop_signals():
+            self._run_loop(end_step)
+
+    def _run_loop(self, end_step):
         start_time = time.time()
         self._last_saved = self.step
+        stopped = None
         bar = None
         if self.progress and dist_util.get_rank() == 0:
             bar = logger.progress_bar(total=end_step if end_step < 100000000 else None, initial=self.step,
@@ -236,17 +256,18 @@ class TrainLoop:
                 if self.step % self.save_interval == 0:
                     self.save()
                     self.model.train()
-                if self._should_stop(start_time):
-                    why = self._stop_signal or f"run_time {self.run_time} h used up"
-                    logger.log(f"stopping at step {self.step}: {why}")
+                stopped = self._should_stop(start_time)
+                if stopped and self.step < end_step:
+                    logger.log(f"stopping at step {self.step}: {stopped}")
                     break
             if self._last_saved != self.step:
                 self.save()
         finally:
             if bar is not None:
                 bar.close()
-            for s, h in handlers.items():
-                signal.signal(s, h)
+        if stopped and self.step < end_step:
+            raise Preempted(f"{stopped} at step {self.step} of {end_step}; checkpoint model{self.step:06d}.pt saved "
+                            f"in {self.model_save_dir}; the same command with --resume_checkpoint latest continues")
 
     def _log(self, bar):
         if self._loss_count:

@@ -9,6 +9,7 @@ import os
 import torch as th
 
 from guided_diffusion.cli import UserError, require_file
+from guided_diffusion.io_util import torch_load, torch_load_error
 
 from .model import NUM_CLASSES
 
@@ -41,10 +42,10 @@ def load_split(data_dir, split):
     """(images uint8 [N, 28, 28], labels int64 [N]) of one split, checked."""
     path = require_file(split_path(data_dir, split), "data_dir", PREPARE_HINT)
     try:
-        loaded = th.load(path, map_location="cpu", weights_only=True)
+        loaded = torch_load(path)
     except Exception as e:  # torch raises many kinds for a foreign or truncated file
-        raise UserError(f"data file {path!r} (--data_dir) is not readable: "
-                        f"{str(e).splitlines()[0][:200]}; {PREPARE_HINT}") from None
+        raise UserError(f"data file {path!r} (--data_dir) is not readable: {torch_load_error(e)}; "
+                        f"{PREPARE_HINT}") from None
     if not isinstance(loaded, (tuple, list)) or len(loaded) != 2:
         raise UserError(f"data file {path!r} (--data_dir) should hold a pair (images, labels); {PREPARE_HINT}")
     images, labels = loaded

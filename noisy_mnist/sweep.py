@@ -18,10 +18,12 @@ go to `workers` single-threaded processes, the same number of runs to each; the 
 left over (fewer than `workers`) train last as one stack on every core. A rerun skips every
 stage whose output exists and continues a killed stack from its latest checkpoint (keep
 --stack and --workers for that: they decide which runs share a stack); it must keep the
-flags recorded in sweep_flags.json, which decide the labels. Each noise file is drawn from a random stream of its own (seed, type, alpha), and
-model-noise alphas solve mean p[c](alpha) = target ratio for the formula in use.
+flags recorded in sweep_flags.json, which decide the labels. Each noise file is drawn from
+a random stream of its own (seed, type, alpha), and model-noise alphas solve
+mean p[c](alpha) = target ratio for the formula in use.
 """
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -29,13 +31,22 @@ import json
 import os
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from multiprocessing import get_context
 from types import SimpleNamespace
 
 import torch as th
 
 from guided_diffusion import dist_util
-from guided_diffusion.cli import UserError, require_file
+from guided_diffusion.cli import (
+    FORWARDED_STOP,
+    UserError,
+    check_numeric_flags,
+    ignore_stop_signals,
+    require_file,
+    stop_requested,
+    stop_signals,
+)
 from guided_diffusion.io_util import atomic_write, record_run_flags, save_json
 
 from . import figures, tasks
@@ -248,6 +259,7 @@ def record_sweep(cfg):
 
 def _init_worker(threads):
     th.set_num_threads(threads)
+    ignore_stop_signals()  # between stacks; a stack's TrainLoop listens while it trains
 
 
 def _run_now(fn, *args):
@@ -257,11 +269,30 @@ def _run_now(fn, *args):
     return future
 
 
+def wait_for(job, pool):
+    """
+    The result of a job. A stop signal to this process is passed on to the workers, whose
+    stacks then save and stop (Preempted comes back through their jobs).
+    """
+    while True:
+        try:
+            return job.result(timeout=1.0)
+        except FuturesTimeout:
+            if stop_requested() and pool is not None:  # again each second: a worker may be between stacks
+                for process in list(pool._processes.values()):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(process.pid, FORWARDED_STOP)
+
+
 def run_sweep(cfg):
+    """The whole sweep; SIGTERM / SIGUSR1 stop it with every stack saved (Preempted, exit status 75)."""
+    with stop_signals():
+        return _run_sweep(cfg)
+
+
+def _run_sweep(cfg):
     start = time.time()
-    for flag in ("workers", "stack"):
-        if cfg[flag] < 1:
-            raise UserError(f"--{flag} {cfg[flag]} should be at least 1")
+    check_numeric_flags(SimpleNamespace(**cfg))  # as the parser does (tests call this directly)
     require_file(cfg["paper_results"], "paper_results")
     levels = target_levels(cfg)
     for split in ("train", "test"):
@@ -287,7 +318,7 @@ def run_sweep(cfg):
             stacks, tail = [tail], []
         jobs = [submit(train_stack, cfg, with_labels(group), console) for group in stacks]
         if "model" in levels:
-            jobs[0].result()  # the stack with the clean run
+            wait_for(jobs[0], pool)  # the stack with the clean run
             model_runs = [("model", alpha) for alpha in model_noise_alphas(cfg, levels["model"])]
             for spec in model_runs:
                 rank[spec] = len(rank)
@@ -296,7 +327,7 @@ def run_sweep(cfg):
             tail += model_tail
         if tail:  # submitted last, on every core: when it starts, the other stacks are (nearly) done
             jobs.append(submit(train_stack, cfg, with_labels(tail), console, len(os.sched_getaffinity(0))))
-        rows = [row for job in jobs for row in job.result()]
+        rows = [row for job in jobs for row in wait_for(job, pool)]
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)

@@ -19,7 +19,7 @@ import torch as th
 import torch.nn.functional as F
 
 from guided_diffusion import dist_util, logger
-from guided_diffusion.cli import UserError, check_choice, require_file
+from guided_diffusion.cli import UserError, check_choice, check_numeric_flags, require_file
 from guided_diffusion.io_util import save_json, save_torch
 from guided_diffusion.train_util import (
     TrainLoop,
@@ -35,7 +35,6 @@ from .noise import (
     MODEL_NOISE_VARIANTS,
     NOISE_TYPES,
     ORIGINAL_EPSILON,
-    check_alpha,
     draw_labels,
     label_rng,
     load_noisy_labels,
@@ -80,10 +79,7 @@ def run(args, console=True):
     check_choice(args.task, list(TASK_FUNCTIONS), "task")
     check_choice(args.noise_type, NOISE_TYPES, "noise_type")
     check_choice(args.model_noise, MODEL_NOISE_VARIANTS, "model_noise")
-    check_alpha(args.alpha)
-    for flag in ("batch_size", "max_step", "save_interval", "log_interval", "eval_batch_size"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag} {getattr(args, flag)} should be at least 1")
+    check_numeric_flags(args)  # as the parser does (the sweep calls this without one)
     th.manual_seed(args.seed)
     np.random.seed(args.seed)
     dist_util.keep_freed_memory()

@@ -4,6 +4,7 @@ Make train_data_info.pkl and to_sample_data_info.pkl for a flat image folder.
 By default the evaluation list already in --out_dir (the paper's 2,000 ImageNet images,
 shipped as data/sr_imagenet/to_sample_data_info.pkl) is kept, and every other image goes
 to training. --resample yes draws a new evaluation set (num_per_class per synset, --seed).
+A list that exists is replaced by a different one only with --overwrite True.
 
     python scripts/build_data_info.py --data_dir ../datasets/imagenet/train --out_dir data/sr_imagenet
 """
@@ -13,9 +14,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from guided_diffusion import logger  # noqa: E402
-from guided_diffusion.cli import create_argparser, require_file, run_main  # noqa: E402
+from guided_diffusion.cli import UserError, create_argparser, require_file, run_main  # noqa: E402
 from guided_diffusion.io_util import save_pickle  # noqa: E402
-from sr_var.data import load_data_info  # noqa: E402
+from sr_var.data import IMAGE_EXTENSIONS, load_data_info  # noqa: E402
 from sr_var.data_info import build_data_info  # noqa: E402
 
 SHIPPED_EVAL_LIST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -25,7 +26,7 @@ SHIPPED_EVAL_LIST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath
 @run_main
 def main():
     parser = create_argparser(dict(data_dir="", out_dir="data/sr_imagenet", num_per_class=2, seed=0,
-                                   exclude_list="", resample=False), description=__doc__)
+                                   exclude_list="", resample=False, overwrite=False), description=__doc__)
     args = parser.parse_args()
     eval_path = os.path.join(args.out_dir, "to_sample_data_info.pkl")
     exclude = []
@@ -40,9 +41,17 @@ def main():
         if os.path.exists(SHIPPED_EVAL_LIST) else None
     train_info, eval_info = build_data_info(args.data_dir, args.num_per_class, args.seed, exclude,
                                             eval_info, known)
-    save_pickle(train_info, os.path.join(args.out_dir, "train_data_info.pkl"))
+    if not train_info and not eval_info:
+        raise UserError(f"--data_dir {args.data_dir!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    outputs = {os.path.join(args.out_dir, "train_data_info.pkl"): train_info}
     if not os.path.exists(eval_path) or args.resample:
-        save_pickle(eval_info, eval_path)
+        outputs[eval_path] = eval_info
+    for path, info in outputs.items():  # nothing that exists is replaced by something else
+        if os.path.exists(path) and not args.overwrite and load_data_info(path, "out_dir") != info:
+            raise UserError(f"{path!r} (--out_dir) already holds another list; pass --overwrite True to "
+                            f"replace it, or choose another --out_dir")
+    for path, info in outputs.items():
+        save_pickle(info, path)
     count = lambda info: sum(len(v["file_names"]) for v in info.values())  # noqa: E731
     logger.log(f"{count(train_info)} training and {count(eval_info)} evaluation images "
                f"in {len(train_info)} classes -> {args.out_dir}")

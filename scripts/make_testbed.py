@@ -11,7 +11,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from guided_diffusion import logger  # noqa: E402
-from guided_diffusion.cli import UserError, create_argparser, run_main  # noqa: E402
+from guided_diffusion.cli import UserError, create_argparser, require_writable_dir, run_main  # noqa: E402
+from guided_diffusion.io_util import record_run_flags  # noqa: E402
 from sr_var.testbed import TestbedParams, write_testbed_dataset  # noqa: E402
 
 
@@ -23,13 +24,27 @@ def main():
                                    channel_correlation=d.channel_correlation, num_train=2000, num_eval=16,
                                    seed=0), description=__doc__)
     args = parser.parse_args()
-    scales = tuple(float(s) for s in args.scales.split(","))
+    try:
+        scales = tuple(float(s) for s in args.scales.split(","))
+    except ValueError:
+        raise UserError(f"--scales {args.scales!r} should be numbers, e.g. 0.08,0.16,0.3") from None
     try:
         params = TestbedParams(large_size=args.large_size, small_size=args.small_size, scales=scales,
                                weights=tuple(1 / len(scales) for _ in scales), length_scale=args.length_scale,
                                channel_correlation=args.channel_correlation)
     except ValueError as e:
         raise UserError(str(e)) from None
+    # One folder, one testbed: a rerun with the same flags finishes or finds it done, other flags are refused.
+    flags_path = os.path.join(args.out_dir, "make_testbed_flags.json")
+    flags = {k: v for k, v in vars(args).items() if k != "out_dir"}
+    done = os.path.exists(os.path.join(args.out_dir, "testbed.json"))  # written last
+    if done and not os.path.exists(flags_path):
+        raise UserError(f"--out_dir {args.out_dir!r} already holds a testbed; choose another --out_dir")
+    require_writable_dir(args.out_dir, "out_dir")
+    record_run_flags(flags_path, flags, "out_dir")
+    if done:
+        logger.log(f"{args.out_dir} already holds this testbed")
+        return
     write_testbed_dataset(args.out_dir, params, args.num_train, args.num_eval, args.seed)
     logger.log(f"wrote {args.num_train} training and {args.num_eval} evaluation images to {args.out_dir}")
 

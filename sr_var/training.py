@@ -8,10 +8,12 @@ import os
 import torch.nn.functional as F
 
 from guided_diffusion import dist_util, logger
-from guided_diffusion.cli import UserError
+from guided_diffusion.cli import UserError, require_writable_dir
+from guided_diffusion.io_util import save_pickle
 from guided_diffusion.train_util import TrainLoop, resolve_resume_checkpoint
 
 from .data import (
+    check_batch_size,
     flatten_data_info,
     load_data_info,
     resolve_images,
@@ -58,26 +60,32 @@ def train(args, explicit, kind):
         if not getattr(args, flag):
             raise UserError(f"--{flag} is required")
     dist_util.setup_dist()
-    logger.configure(args.log_dir, rank=dist_util.get_rank())
     seed_everything(args.seed + dist_util.get_rank())
     device = dist_util.dev()
 
-    # Check everything the run needs before the (slow) start.
+    # Check everything the run needs before the (slow) start, and before writing anything.
     info = load_data_info(args.data_info_dict_path)
     names = [name for name, _ in flatten_data_info(info)]
     paths = resolve_images(args.data_dir, names, args.data_info_dict_path)
+    check_batch_size(len(paths), args.batch_size, args.data_info_dict_path)
     resume = resolve_resume_checkpoint(args.model_save_dir, args.resume_checkpoint)
     pickle_path = os.path.join(args.log_dir, f"{kind}_model_args.pkl")
-    # A fresh run takes the flags and saves them; a resumed run takes the saved ones.
-    if not resume and os.path.exists(pickle_path) and dist_util.get_rank() == 0:
-        os.remove(pickle_path)
-    model_args = model_args_for_run(args, explicit, kind, pickle_path, save=True)
+    # A fresh run takes the flags (and refuses another run's args pickle); a resumed run takes the saved ones.
+    model_args = model_args_for_run(args, explicit, kind, pickle_path, fresh_run=not resume)
     model = build_model(kind, model_args)
-    logger.log(f"{kind} model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
-               f"{len(paths)} training images")
     mean_model = None
     if kind == "var":
-        mean_model = load_mean_model(args.mean_model_path, args.mean_model_args_path, device, args.use_fp16)
+        mean_model = load_mean_model(args.mean_model_path, args.mean_model_args_path, device, args.use_fp16,
+                                     sizes=(model_args["large_size"], model_args["small_size"]))
+
+    for flag in ("log_dir", "model_save_dir"):
+        require_writable_dir(getattr(args, flag), flag)
+    logger.configure(args.log_dir, rank=dist_util.get_rank())
+    if dist_util.get_rank() == 0 and not os.path.exists(pickle_path):
+        save_pickle(model_args, pickle_path)
+        logger.log(f"saved model flags to {pickle_path}")
+    logger.log(f"{kind} model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+               f"{len(paths)} training images")
 
     batches = training_batches(paths, image_size=model_args["large_size"], batch_size=args.batch_size,
                                num_workers=args.num_workers, max_cache_gb=args.max_cache_gb, seed=args.seed)

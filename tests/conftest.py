@@ -12,6 +12,11 @@ FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 th.set_num_threads(2)
 
 
+def files_in(path):
+    """The files of a folder, without hidden ones (a run's .lock)."""
+    return sorted(f for f in os.listdir(path) if not f.startswith("."))
+
+
 def fixture_path(name):
     return os.path.join(FIXTURES, name)
 

@@ -1,5 +1,6 @@
-"""Small data sets for tests, made from photos that scikit-image ships."""
+"""Small data sets for tests, made from photos that scikit-image ships; a folder snapshot."""
 
+import hashlib
 import os
 
 import numpy as np
@@ -37,3 +38,14 @@ def make_image_folder(folder, num_classes=3, per_class=8, seed=0):
                 os.path.join(folder, f"{name}.JPEG"), quality=90)
             names.append(name)
     return names
+
+
+def snapshot(root):
+    """{relative path: sha1} of every file under root: to show that nothing was changed."""
+    result = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                result[os.path.relpath(path, root)] = hashlib.sha1(f.read()).hexdigest()
+    return result

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from guided_diffusion import logger
 from guided_diffusion.cli import (
     FlagParser,
+    Preempted,
     UserError,
     add_dict_to_argparser,
     closest_path,
@@ -33,6 +34,7 @@ from guided_diffusion.script_util import (
     sr_model_and_diffusion_defaults,
 )
 from guided_diffusion.train_util import TrainLoop
+from tests.conftest import files_in
 
 
 @pytest.mark.parametrize("text,value", [("True", True), ("yes", True), ("1", True), ("y", True),
@@ -173,7 +175,7 @@ def test_train_loop_resume_and_refusal(tmp_path):
     logger.configure(str(tmp_path / "log"), format_strs=("csv",))
     th.manual_seed(0)
     _loop(tmp_path, th.nn.Linear(4, 2), max_step=20).run_loop()
-    assert sorted(os.listdir(tmp_path / "ckpt")) == ["model000010.pt", "model000020.pt",
+    assert files_in(tmp_path / "ckpt") == ["model000010.pt", "model000020.pt",
                                                      "opt000010.pt", "opt000020.pt"]
     # Starting fresh over existing checkpoints would lose work: refused.
     with pytest.raises(UserError, match="--resume_checkpoint model000020.pt"):
@@ -198,8 +200,12 @@ def test_train_loop_checkpoints_on_sigterm(tmp_path):
                 os.kill(os.getpid(), signal.SIGTERM)  # what a cluster sends before pre-emption
             yield batch
 
-    _loop(tmp_path, th.nn.Linear(4, 2), data=signalling_batches(), max_step=1000, save_interval=500).run_loop()
-    assert os.listdir(tmp_path / "ckpt") and "model000008.pt" in os.listdir(tmp_path / "ckpt")
+    with pytest.raises(Preempted, match="SIGTERM at step 8 of 1000; checkpoint model000008.pt saved"):
+        _loop(tmp_path, th.nn.Linear(4, 2), data=signalling_batches(), max_step=1000, save_interval=500).run_loop()
+    assert files_in(tmp_path / "ckpt") == ["model000008.pt", "opt000008.pt"]
+    # the next loop in this process starts with no stop pending
+    _loop(tmp_path, th.nn.Linear(4, 2), max_step=10, save_interval=500, resume_checkpoint="latest").run_loop()
+    assert "model000010.pt" in files_in(tmp_path / "ckpt")
 
 
 def test_microbatches_give_the_full_batch_gradient(tmp_path):

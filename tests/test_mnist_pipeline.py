@@ -19,7 +19,8 @@ from guided_diffusion.cli import UserError
 from noisy_mnist import tasks
 from noisy_mnist.model import SimpleCNN, create_model
 from noisy_mnist.sweep import COLUMNS, analysis_args, run_dirs, run_sweep, split_into_stacks, sweep_defaults
-from tests.conftest import assert_user_error, run_script
+from tests.conftest import assert_user_error, files_in, run_script
+from tests.helpers import snapshot
 
 N_TRAIN, N_TEST = 300, 100
 
@@ -101,6 +102,25 @@ def test_prepare_missing_source_is_one_line(tmp_path, args, needles):
     assert_user_error(proc, *needles)
 
 
+def test_prepare_refuses_damaged_files_and_other_data(tmp_path):
+    """A damaged .gz is one line; data files that exist are never replaced by other data."""
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 30), ("t10k", 10)):
+        write_idx(str(tmp_path / f"{prefix}-images-idx3-ubyte.gz"), rng.integers(0, 256, (n, 28, 28)))
+        write_idx(str(tmp_path / f"{prefix}-labels-idx1-ubyte"), rng.integers(0, 10, n))
+    out = tmp_path / "out"
+    prepare = ["scripts/prepare_mnist.py", "--source", "idx", "--idx_dir", str(tmp_path), "--data_dir", str(out)]
+    run_script(prepare)
+    before = snapshot(out)
+    assert "already there, the same data" in run_script(prepare).stdout
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(
+        (tmp_path / "train-labels-idx1-ubyte").read_bytes()[:-1] + b"\x01")  # one label changed
+    assert_user_error(run_script(prepare, check=False), "already holds other data")
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b\x08 not really gzip")
+    assert_user_error(run_script(prepare, check=False), "train-images-idx3-ubyte.gz", "cannot be read as an IDX file")
+    assert snapshot(out) == before
+
+
 # ---------------------------------------------------------------------------------------
 # Bad input: one line, exit status 2, nothing written
 # ---------------------------------------------------------------------------------------
@@ -128,18 +148,23 @@ def bad_inputs(data_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("bad")
     short = root / "uniform_noisy_label_0.5.pkl"
     short.write_bytes(pickle.dumps([(1, np.full(10, 0.1))] * 7, protocol=4))
+    not_a_distribution = root / "uniform_noisy_label_0.6.pkl"
+    not_a_distribution.write_bytes(pickle.dumps([(1, np.full(10, 0.2))] * N_TRAIN, protocol=4))
     wrong_shape = root / "wrong_shape"
     write_data(wrong_shape, size=32)
-    return dict(root=str(root), short=str(short), wrong_shape=str(wrong_shape))
+    return dict(root=str(root), short=str(short), wrong_shape=str(wrong_shape),
+                not_a_distribution=str(not_a_distribution))
 
 
 @pytest.mark.parametrize("case,args,needles", [
     ("alpha", ["--task", "generate_noisy_label", "--noise_type", "uniform", "--alpha", "1.5"],
-     ["--alpha 1.5", "[0, 1]"]),
+     ["--alpha 1.5 should be in [0, 1]"]),
     ("noise type", ["--task", "generate_noisy_label", "--noise_type", "gaussian", "--alpha", "0.5"],
      ["--noise_type 'gaussian'", "uniform, fix, model"]),
     ("short noise file", ["--task", "train_on_noisy_label", "--noise_label_file", "{short}"],
      ["has 7 noisy labels but the training set has 300"]),
+    ("p not a distribution", ["--task", "predict_analysis", "--noise_label_file", "{not_a_distribution}"],
+     ["p of image 0 is not a distribution", "sum 2"]),
     ("model noise without checkpoint", ["--task", "generate_noisy_label", "--noise_type", "model",
                                         "--model_save_dir", "{root}/none"], ["no checkpoint", "--task train"]),
     ("missing data", ["--task", "train", "--data_dir", "{root}/nothing"], ["training.pt", "prepare_mnist.py"]),
@@ -167,7 +192,7 @@ def test_resume_continues_the_step_count_and_the_run(data_dir, tmp_path):
     tasks.run(mnist_args(max_step=16, model_save_dir=str(tmp_path / "a"), resume_checkpoint="model000008.pt",
                          **common), console=False)
     want = [f"{kind}{step:06d}.pt" for kind in ("model", "opt") for step in (4, 8, 12, 16)]
-    assert sorted(os.listdir(tmp_path / "a")) == want
+    assert files_in(tmp_path / "a") == want
     with open(tmp_path / "logs" / "progress.csv") as f:
         steps = [int(row["step"]) for row in csv.DictReader(f)]
     assert steps[-1] == 16 and 10 in steps and steps == sorted(steps)
@@ -230,10 +255,10 @@ def test_a_stack_trains_each_run_as_alone_and_resumes(data_dir, tmp_path):
     alone = fit_runs(data_dir, tmp_path / "alone", names, 8, stacked=False)
     stacked = fit_runs(data_dir, tmp_path / "stacked", names, 4, stacked=True)
     fit_runs(data_dir, tmp_path / "stacked", names, 8, stacked=True)  # resumes the stack at step 4
-    assert sorted(os.listdir(tmp_path / "stacked" / "stack")) == [
+    assert files_in(tmp_path / "stacked" / "stack") == [
         f"{kind}{step:06d}.pt" for kind in ("model", "opt") for step in (4, 8)]
     for a, s in zip(alone, stacked):
-        assert sorted(os.listdir(s.model_save_dir)) == ["model000004.pt", "model000008.pt"]
+        assert files_in(s.model_save_dir) == ["model000004.pt", "model000008.pt"]
         for step in (4, 8):
             want = th.load(os.path.join(a.model_save_dir, f"model{step:06d}.pt"), weights_only=True)
             got = th.load(os.path.join(s.model_save_dir, f"model{step:06d}.pt"), weights_only=True)

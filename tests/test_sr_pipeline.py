@@ -7,8 +7,10 @@ import csv
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -18,8 +20,8 @@ from PIL import Image
 from guided_diffusion.io_util import load_pickle
 from sr_var.data import center_crop_arr, low_res_input, to_float, to_uint8
 from sr_var.data_info import build_data_info
-from tests.conftest import ROOT, assert_user_error, run_script
-from tests.helpers import make_image_folder
+from tests.conftest import ROOT, assert_user_error, files_in, run_script
+from tests.helpers import make_image_folder, snapshot
 
 # The seed's MODEL_FLAGS with the sizes and widths cut for a CPU (32 px, 32 channels).
 MEAN_FLAGS = ("--attention_resolutions 16 --large_size 32 --small_size 8 --model_channels 32 --num_heads 4 "
@@ -96,7 +98,7 @@ def test_seed_commands_write_the_specified_files(sr_run):
     assert args["model_channels"] == 32 and args["large_size"] == 32 and "last_layer_type" not in args
     assert load_pickle(str(sr_run / "logs/sr_var/64_256/var_model_args.pkl"))["last_layer_type"] == "none"
     for run in ("sr_mean", "sr_var"):
-        assert sorted(os.listdir(sr_run / "checkpoints" / run / "64_256")) == ["model000003.pt", "opt000003.pt"]
+        assert files_in(sr_run / "checkpoints" / run / "64_256") == ["model000003.pt", "opt000003.pt"]
         log = (sr_run / "logs" / run / "64_256" / "log.txt").read_text()
         assert "needs a GPU; training in fp32" in log  # --use_fp16 True on a CPU
         assert "grad_norm" in log  # --debug_mode yes
@@ -180,7 +182,109 @@ def test_two_rank_ddp_training_under_mpiexec(sr_run):
     proc = subprocess.run(args, cwd=sr_run, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert sorted(os.listdir(sr_run / "checkpoints/ddp")) == ["model000002.pt", "opt000002.pt"]
+    assert files_in(sr_run / "checkpoints/ddp") == ["model000002.pt", "opt000002.pt"]
     assert os.path.exists(sr_run / "logs/ddp/rank1/log.txt")
     last = list(csv.DictReader(open(sr_run / "logs/ddp/progress.csv")))[-1]
     assert last["step"] == "2" and last["samples"] == "8"  # 2 steps x batch 2 x 2 ranks
+
+
+# --------------------------------------------------------------------------------------
+# Nothing hangs, nothing is lost (each: exit status, one line, nothing that existed changed)
+# --------------------------------------------------------------------------------------
+
+def _train(root, *extra, script="sr_mean_train.py", flags=MEAN_FLAGS, **replace):
+    args = dict(data_dir="imagenet/train", data_info_dict_path="data/sr_imagenet/train_data_info.pkl",
+                batch_size="2", log_dir="logs/fresh", model_save_dir="checkpoints/fresh", num_workers="0")
+    args.update(replace)
+    return [script, *flags, *[x for k, v in args.items() for x in (f"--{k}", v)], *extra]
+
+
+def test_a_batch_larger_than_the_data_is_refused_not_a_hang(sr_run):
+    before = snapshot(sr_run)
+    assert_user_error(run_script(_train(sr_run, batch_size="16"), cwd=sr_run, check=False, timeout=120),
+                      "--batch_size 16 is more than the 15 training images")
+    pickle.dump({"n00000000": {"y": 0, "file_names": []}}, open(sr_run / "empty.pkl", "wb"))
+    assert_user_error(run_script(_train(sr_run, data_info_dict_path="empty.pkl"), cwd=sr_run, check=False,
+                                 timeout=120), "no image is listed")
+    os.remove(sr_run / "empty.pkl")
+    assert snapshot(sr_run) == before
+
+
+def test_sigterm_saves_and_exits_75_and_one_run_per_folder(sr_run):
+    """
+    Pre-emption: SIGTERM ends a training with a checkpoint and exit status 75 (not 0, so
+    `&&` chains and schedulers see it did not finish); while it runs, a second training
+    into the same --model_save_dir is refused; the same command with latest continues.
+    """
+    args = _train(sr_run, "--resume_checkpoint", "latest", max_step="100000", save_interval="100000",
+                  log_interval="1", log_dir="logs/preempt", model_save_dir="checkpoints/preempt")
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, args[0]), *args[1:]], cwd=sr_run,
+                            env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        progress = sr_run / "logs/preempt/progress.csv"
+        deadline = time.time() + 120
+        while (not progress.exists() or len(progress.read_text().splitlines()) < 3) and time.time() < deadline:
+            time.sleep(0.1)
+        second = run_script(_train(sr_run, "--resume_checkpoint", "latest", log_dir="logs/preempt",
+                                   model_save_dir="checkpoints/preempt"), cwd=sr_run, check=False)
+        assert_user_error(second, "--model_save_dir 'checkpoints/preempt' is in use by a run that is still going")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 75, (out[-2000:], err[-2000:])
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "stopped: SIGTERM at step" in lines[0] and "--resume_checkpoint latest" in lines[0]
+    saved = files_in(sr_run / "checkpoints/preempt")
+    step = int(saved[0][5:11])
+    assert saved == [f"model{step:06d}.pt", f"opt{step:06d}.pt"] and step >= 2
+    assert "training complete" not in (sr_run / "logs/preempt/log.txt").read_text()
+    run_script(_train(sr_run, "--resume_checkpoint", "latest", max_step=str(step + 1), log_dir="logs/preempt",
+                      model_save_dir="checkpoints/preempt"), cwd=sr_run)
+    assert f"model{step + 1:06d}.pt" in files_in(sr_run / "checkpoints/preempt")
+
+
+def test_a_fresh_training_keeps_out_of_another_runs_folders(sr_run):
+    before = snapshot(sr_run)
+    # another run's log_dir: its args pickle describes its checkpoints, and is kept
+    proc = run_script(_train(sr_run, "--model_channels", "64", log_dir="logs/sr_mean/64_256"), cwd=sr_run,
+                      check=False)
+    assert_user_error(proc, "--model_channels 64 contradicts", "mean_model_args.pkl", "choose another --log_dir")
+    # a variance model on a mean run of another size
+    proc = run_script(_train(sr_run, "--mean_model_path", "checkpoints/sr_mean/64_256/model000003.pt",
+                             "--mean_model_args_path", "logs/sr_mean/64_256/mean_model_args.pkl",
+                             script="sr_var_train.py", flags=" ".join(VAR_FLAGS).replace(
+                                 "--large_size 32 --small_size 8", "--large_size 16 --small_size 4").split()),
+                      cwd=sr_run, check=False)
+    assert_user_error(proc, "is 8->32 px, the variance model 4->16 px")
+    assert snapshot(sr_run) == before
+
+
+def test_a_damaged_optimizer_state_is_one_line(sr_run, tmp_path):
+    shutil.copytree(sr_run / "checkpoints/sr_mean/64_256", tmp_path / "ck")
+    (tmp_path / "ck" / "opt000003.pt").write_bytes(b"\x80\x04garbage")
+    before = snapshot(tmp_path)
+    proc = run_script(_train(sr_run, "--resume_checkpoint", "model000003.pt", "--max_step", "4",
+                             log_dir="logs/sr_mean/64_256", model_save_dir=str(tmp_path / "ck")), cwd=sr_run,
+                      check=False)
+    assert_user_error(proc, "optimizer state", "opt000003.pt", "is not readable", "delete it")
+    assert snapshot(tmp_path) == before
+
+
+def test_build_data_info_never_replaces_a_list_with_another(sr_run, tmp_path):
+    os.makedirs(tmp_path / "empty")
+    out = sr_run / "data/sr_imagenet"
+    before = snapshot(out)
+    proc = run_script(["scripts/build_data_info.py", "--data_dir", str(tmp_path / "empty"), "--out_dir", str(out)],
+                      cwd=sr_run, check=False)
+    assert_user_error(proc, "holds no images")
+    make_image_folder(str(tmp_path / "other"), num_classes=2, per_class=3)
+    proc = run_script(["scripts/build_data_info.py", "--data_dir", str(tmp_path / "other"), "--out_dir", str(out),
+                       "--resample", "yes"], cwd=sr_run, check=False)
+    assert_user_error(proc, "already holds another list", "--overwrite True")
+    assert snapshot(out) == before
+    # the same folder again: the same lists, nothing to refuse
+    run_script(["scripts/build_data_info.py", "--data_dir", "imagenet/train", "--out_dir", str(out),
+                "--num_per_class", "1"], cwd=sr_run)
+    assert snapshot(out) == before
