@@ -43,7 +43,7 @@ def samples_per_second(model, diffusion, low_res, y, n, size, device, dtype=None
     sync(device)
     start = time.perf_counter()
     with th.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        sample_images(model, diffusion, low_res, y, n, size)
+        sample_images(model, diffusion, low_res, y, range(n), size)
     sync(device)
     rate = n / (time.perf_counter() - start)
     peak = None

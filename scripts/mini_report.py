@@ -52,26 +52,62 @@ def mnist_section(mnist, paper):
 
 
 def sr_section(sr):
-    def mean_cells(m):
-        return f"{m['mse']:.3f} | {m['psnr']:.2f} | {m['nmse']:.5f}"
+    """The super-resolution tables: every number with its 95% interval over images."""
+    ci, n = sr.get("ci95", {}), sr["num_samples"]
 
-    def var_cells(v):
-        return f"{v['var_error']:.3f} | {v['std_error']:.3f}"
+    def get(tree, path):
+        for key in path:
+            tree = tree[key]
+        return tree
 
-    lines = ["| mean estimate | reference | MSE | PSNR | NMSE |", "|---|---|---|---|---|",
-             f"| mean model | DDPM-SR mean (the paper's comparison) | {mean_cells(sr['mean'])} |"]
+    def cell(path, fmt):
+        value = get(sr, path)
+        try:
+            low, high = get(ci, path)
+        except (KeyError, TypeError):
+            return f"{value:{fmt}}"
+        return f"{value:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
+
+    def mean_cells(*path):
+        return f"{cell(path + ('mse',), '.3f')} | {cell(path + ('psnr',), '.2f')}"
+
+    def var_cells(*path):
+        return f"{cell(path + ('var_error',), '.3f')} | {cell(path + ('std_error',), '.3f')}"
+
     exact = sr.get("exact")
+    lines = ["| mean estimate | reference | MSE | PSNR |", "|---|---|---|---|",
+             f"| mean model | DDPM-SR mean (the paper's comparison) | {mean_cells('mean')} |"]
     if exact:
-        lines += [f"| mean model | exact posterior mean | {mean_cells(exact['mean_model'])} |",
-                  f"| bilinear low-res | exact posterior mean | {mean_cells(exact['bilinear'])} |",
-                  f"| DDPM-SR mean (teacher) | exact posterior mean | {mean_cells(exact['ddpm_mean'])} |"]
-    lines += [f"| mean model | true high-res image | {mean_cells(sr['mean_model_vs_truth'])} |",
-              f"| DDPM-SR mean | true high-res image | {mean_cells(sr['ddpm_mean_vs_truth'])} |",
+        lines += [f"| mean model | exact posterior mean | {mean_cells('exact', 'mean_model')} |",
+                  f"| bilinear low-res | exact posterior mean | {mean_cells('exact', 'bilinear')} |",
+                  f"| DDPM-SR mean ({n} samples) | exact posterior mean | {mean_cells('exact', 'ddpm_mean')} |",
+                  f"| **{n} exact posterior samples (Monte Carlo floor)** | exact posterior mean | "
+                  f"{mean_cells('mc_floor', 'mean')} |"]
+    if "split_half" in sr:
+        lines.append(f"| DDPM-SR split-half floor (scaled to {n} samples) | – | {mean_cells('split_half', 'mean')} |")
+    lines += [f"| mean model | true high-res image | {mean_cells('mean_model_vs_truth')} |",
+              f"| DDPM-SR mean | true high-res image | {mean_cells('ddpm_mean_vs_truth')} |",
               "", "| variance estimate | reference | var error | std error |", "|---|---|---|---|",
-              f"| variance model | DDPM-SR variance (the paper's comparison) | {var_cells(sr['var'])} |"]
+              f"| variance model | DDPM-SR variance (the paper's comparison) | {var_cells('var')} |"]
     if exact:
-        lines += [f"| variance model | exact posterior variance | {var_cells(exact['var_model'])} |",
-                  f"| DDPM-SR variance (teacher) | exact posterior variance | {var_cells(exact['ddpm_var'])} |"]
+        lines += [f"| variance model | exact posterior variance | {var_cells('exact', 'var_model')} |",
+                  f"| variance model | its target Var + (m - E)^2 (m: the mean model) | "
+                  f"{var_cells('exact', 'var_model_vs_target')} |",
+                  f"| DDPM-SR variance ({n} samples) | exact posterior variance | {var_cells('exact', 'ddpm_var')} |",
+                  f"| **{n} exact posterior samples (Monte Carlo floor)** | exact posterior variance | "
+                  f"{var_cells('mc_floor', 'var')} |"]
+    if "split_half" in sr:
+        lines.append(f"| DDPM-SR split-half floor (scaled to {n} samples) | – | {var_cells('split_half', 'var')} |")
+    if exact and "var_ratio_by_scale" in exact:
+        groups = exact["var_ratio_by_scale"]
+        lines += ["", "| variance / exact posterior variance | all images | "
+                  + " | ".join(f"{g} ({r['num_images']} images)" for g, r in groups.items()) + " |",
+                  "|---|---|" + "---|" * len(groups)]
+        for key, name in (("ddpm", f"DDPM-SR, {n} samples"), ("mc_floor", f"{n} exact posterior samples"),
+                          ("var_model", "variance model")):
+            by_scale = " | ".join(f"{r[key]:.3f} [{r['ci95'][key][0]:.3f}, {r['ci95'][key][1]:.3f}]"
+                                  for r in groups.values())
+            lines.append(f"| {name} | {cell(('exact', 'var_ratio', key), '.3f')} | {by_scale} |")
     cal = sr["calibration"]
     lines += ["", "| share of pixels with \\|truth - mean\\| <= k std | k = 1 | k = 2 | k = 3 |", "|---|---|---|---|"]
     named = [("mean and variance models", cal["models"]), ("DDPM-SR samples", cal["ddpm"])]
@@ -79,6 +115,9 @@ def sr_section(sr):
         named.append(("exact posterior", exact["calibration"]))
     named.append(("a Gaussian", {str(k): v for k, v in sr["gaussian_coverage"].items()}))
     lines += [f"| {name} | {c['1']:.3f} | {c['2']:.3f} | {c['3']:.3f} |" for name, c in named]
+    lines += ["", "Brackets: 95% bootstrap intervals over the images. The Monte Carlo floor is the error that "
+              f"{n} exact posterior samples carry by themselves; the split-half floor estimates it from the "
+              "DDPM-SR samples alone (first half against second half, scaled to the full count)."]
     return lines
 
 

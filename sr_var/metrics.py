@@ -63,3 +63,65 @@ def average(per_image):
     if isinstance(first, dict):
         return {k: average([d[k] for d in per_image]) for k in first}
     return float(np.mean(per_image))
+
+
+def split_half(samples):
+    """
+    The error that N samples carry, measured from the samples alone (any data): the mean and
+    variance of the first N/2 against those of the second N/2, scaled to N. Each half's
+    estimate has twice the sampling variance of N samples and their difference twice that
+    again, so mean-square metrics are divided by 4 and absolute ones (var and std error) by 2.
+    samples: [N, H, W, C] float64 in [0, 255]; means are clipped as the verification clips them.
+    """
+    half = len(samples) // 2
+    first, second = samples[:half], samples[half:2 * half]
+    mean_a, mean_b = np.clip(first.mean(axis=0), 0, 255), np.clip(second.mean(axis=0), 0, 255)
+    mse_scaled = mse(mean_a, mean_b) / 4
+    data_range = float(mean_a.max())
+    return {
+        "mean": {"mse": mse_scaled,
+                 "psnr": math.inf if mse_scaled == 0 else 10 * math.log10(data_range ** 2 / mse_scaled),
+                 "nmse": nmse(mean_a, mean_b) / 4},
+        "var": {k: v / 2 for k, v in var_metrics(first.var(axis=0), second.var(axis=0)).items()},
+    }
+
+
+def variance_ratio(reference_var, estimate_var):
+    """sum max(v, 0) / sum v_ref: how much of the reference's variance an estimate has (1: all)."""
+    return float(np.sum(np.maximum(_f64(estimate_var), 0)) / np.sum(_f64(reference_var)))
+
+
+def _leaves(tree, path=()):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _leaves(v, path + (k,))
+    else:
+        yield path, tree
+
+
+def bootstrap_interval(per_image, level=0.95, num_resamples=2000, seed=0):
+    """
+    A percentile-bootstrap interval over images for the mean of every metric: the same
+    nesting as one image's dict, with [low, high] in place of each number. The images are
+    resampled together (one set of resamples for all metrics), with a fixed seed.
+    """
+    n = len(per_image)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, n, size=(num_resamples, n))
+    tail = (1 - level) / 2
+    result = {}
+    for path, _ in _leaves(per_image[0]):
+        values = np.array([_get(d, path) for d in per_image], dtype=np.float64)
+        means = values[picks].mean(axis=1)
+        low, high = np.quantile(means, [tail, 1 - tail]) if n > 1 else (values[0], values[0])
+        node = result
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = [float(low), float(high)]
+    return result
+
+
+def _get(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree

@@ -37,10 +37,24 @@ class TestbedParams:
     channel_correlation: float = 0.5
 
     def __post_init__(self):
-        if self.large_size % self.small_size:
-            raise ValueError("large_size must be a multiple of small_size")
-        if len(self.scales) != len(self.weights) or abs(sum(self.weights) - 1) > 1e-9:
-            raise ValueError("one weight per scale, summing to 1")
+        """Refuse parameters that define no valid prior (ValueError, one line)."""
+        if self.small_size < 1 or self.large_size < 1 or self.large_size % self.small_size:
+            raise ValueError(f"large_size {self.large_size} must be a positive multiple of small_size "
+                             f"{self.small_size}")
+        if self.channels < 1:
+            raise ValueError(f"channels {self.channels} must be at least 1")
+        if not self.scales or len(self.scales) != len(self.weights):
+            raise ValueError("one weight per scale, and at least one scale")
+        if not all(s > 0 and np.isfinite(s) for s in self.scales):
+            raise ValueError(f"scales {self.scales} must all be above 0")
+        if not all(w >= 0 for w in self.weights) or abs(sum(self.weights) - 1) > 1e-9:
+            raise ValueError(f"weights {self.weights} must be 0 or more and sum to 1")
+        if not (self.length_scale > 0 and np.isfinite(self.length_scale)):
+            raise ValueError(f"length_scale {self.length_scale} must be above 0")
+        low = -1 / (self.channels - 1) if self.channels > 1 else -np.inf
+        if not low < self.channel_correlation < 1:
+            raise ValueError(f"channel_correlation {self.channel_correlation} must lie in ({low:g}, 1) for "
+                             f"{self.channels} channels (else the channel covariance is not positive definite)")
 
 
 def _sym_sqrt(eigvals, eigvecs):
@@ -135,7 +149,7 @@ class GaussianScaleMixture:
             t = lambda a, dtype=th.float64: th.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)  # noqa: E731
             self._torch_cache[device] = dict(
                 M1=t(self.M1), lam=t(self.lam), scales=t(self.scales), log_weights=t(self.log_weights),
-                R_inv=t(self.R_inv), G_inv=t(self.G_inv),
+                R_inv=t(self.R_inv), G_inv=t(self.G_inv), U_s=t(self.U_s), U_r=t(self.U_r),
                 U_s32=t(self.U_s, th.float32), U_r32=t(self.U_r, th.float32),
                 U_s2_32=t(self.U_s ** 2, th.float32), U_r2_32=t(self.U_r ** 2, th.float32),
             )
@@ -153,8 +167,12 @@ class GaussianScaleMixture:
         T = self._tensors(x_t.device)
         B, C, H, W = x_t.shape
         x_t, y = x_t.double(), y.double()
-        a = alpha_bar.double().sqrt().view(B, 1, 1, 1)
-        b2 = (1 - alpha_bar.double()).view(B, 1, 1, 1)
+        # One noise level for the whole batch (as in sampling): the per-component terms are
+        # computed once, [1, K, C, H*W], instead of once per sample.
+        same_level = bool((alpha_bar == alpha_bar[0]).all())
+        levels = alpha_bar.double()[:1] if same_level else alpha_bar.double()
+        a = levels.sqrt().view(-1, 1, 1, 1)
+        b2 = (1 - levels).view(-1, 1, 1, 1)
         s2 = (T["scales"] ** 2).view(1, -1, 1, 1)  # [1, K, 1, 1]
         lam = T["lam"][None, None]  # eigenvalues of C0: [1, 1, C, H*W]
 
@@ -165,32 +183,107 @@ class GaussianScaleMixture:
             v = v.float().reshape(-1, shape[-1]) @ U_s.T  # one GEMM over all rows
             return th.matmul(U_r, v.reshape(shape)).double()
 
-        # p(k | y)
-        m = y.shape[1] * y.shape[2] * y.shape[3]
-        whitened = th.einsum("ca,ih,bahw,jw->bcij", T["R_inv"], T["G_inv"], y, T["G_inv"])
-        q = (y * whitened).sum(dim=(1, 2, 3))[:, None]
-        log_prior_k = T["log_weights"] - m * th.log(T["scales"]) - q / (2 * T["scales"] ** 2)  # [B, K]
+        log_prior_k = self._log_component_prior(y, T)  # log p(k | y) + const: [B, K]
 
         # x_t | y, k ~ N(a M y, a^2 s_k^2 C0 + b^2 I), diagonal in C0's eigenbasis.
         mean_y = th.einsum("hi,bcij,wj->bchw", T["M1"], y, T["M1"])
         r = (x_t - a * mean_y).reshape(B, C, H * W)
         r_eig = to_pixels(r, T["U_r32"].T, T["U_s32"].T)[:, None]  # U^T r: [B, 1, C, H*W]
-        denom = a ** 2 * s2 * lam + b2  # [B, K, C, H*W]
-        log_lik = -0.5 * (th.log(denom) + r_eig ** 2 / denom).sum(dim=(2, 3))
+        denom = a ** 2 * s2 * lam + b2  # [1 or B, K, C, H*W]
+        if same_level:  # the quadratic form of every sample and component as one GEMM
+            log_lik = -0.5 * (th.log(denom[0]).sum(dim=(1, 2)) + th.einsum("bcn,kcn->bk", r_eig[:, 0] ** 2,
+                                                                          1 / denom[0]))
+        else:
+            log_lik = -0.5 * (th.log(denom) + r_eig ** 2 / denom).sum(dim=(2, 3))
         w = th.softmax(log_prior_k + log_lik, dim=1)  # p(k | x_t, y): [B, K]
         # Components without weight anywhere in the batch add nothing (and cost a transform).
-        active = (w > 1e-15).any(dim=0)
-        w, s2, denom = w[:, active][:, :, None, None], s2[:, active], denom[:, active]
-
-        # Per component: E[x | x_t, y, k] = M y + U (a s_k^2 lam / denom) U^T r and
-        # Cov = U diag(s_k^2 lam b^2 / denom) U^T; then mix over k.
-        mean_k = to_pixels(a * s2 * lam / denom * r_eig)  # [B, K, C, H*W]
-        mean = (w * mean_k).sum(1)
+        active = (w > 1e-12).any(dim=0)
+        w, s2, denom = w[:, active], s2[:, active], denom[:, active]
+        gain = a * s2 * lam / denom  # E[x | x_t, y, k] = M y + U (gain_k U^T r)
+        shrink = s2 * lam * b2 / denom  # Cov[x | x_t, y, k] = U diag(shrink_k) U^T
+        w4 = w[:, :, None, None]
+        if w.shape[1] == 1:  # one component: its mean is the mean, and nothing spreads
+            mean = to_pixels(gain[:, 0] * r_eig[:, 0])
+            spread = 0.0
+        else:  # the spread of the components' means needs each of them in pixels
+            mean_k = to_pixels(gain * r_eig)  # [B, K, C, H*W]
+            mean = (w4 * mean_k).sum(1)
+            spread = (w4 * (mean_k - mean[:, None]) ** 2).sum(1)
+        # diag(U diag(v) U^T) = (U o U) v, and U o U = (U_r o U_r) (x) (U_s o U_s). At one
+        # noise level for the whole batch it is one transform per component.
+        if same_level:
+            within = th.einsum("bk,kcn->bcn", w, to_pixels(shrink[0], T["U_r2_32"], T["U_s2_32"]))
+        else:
+            within = to_pixels((w4 * shrink).sum(1), T["U_r2_32"], T["U_s2_32"])
         x0 = mean_y + mean.reshape(B, C, H, W)
-        # diag(U diag(v) U^T) = (U o U) v, and U o U = (U_r o U_r) (x) (U_s o U_s).
-        within = to_pixels((w * s2 * lam * b2 / denom).sum(1), T["U_r2_32"], T["U_s2_32"])
-        spread = (w * (mean_k - mean[:, None]) ** 2).sum(1)
         return x0, (within + spread).reshape(B, C, H, W)
+
+    def sample_exact_chain(self, y, alphas_cumprod, normal, uniform):
+        """
+        Exact posterior samples through the chain of exact reverse transitions (SPEC, "Exact
+        testbed"), over the steps of a (respaced) schedule, from its first noise level down.
+
+        With u = U^T (x_0 - M y) in C0's eigenbasis and w_t = U^T (x_t - a_t M y) = a_t u +
+        b_t eps', every coordinate is its own scalar diffusion given the scale k: u_j ~
+        N(0, s_k^2 lam_j). The step t -> s is the mixture over k, with weights
+        p(k | x_t, y), of the Gaussians q(x_s | x_t, x_0) integrated over x_0 | x_t, y, k:
+        mean coef1 E[u | w_t, k] + coef2 w_t and variance beta~_t + coef1^2 Var[u | w_t, k],
+        diagonal in this basis. The chain starts from the exact marginal of x_T given y and
+        its last step (to alphabar = 1) is an exact draw of x_0 given x_1, so the samples are
+        exact posterior samples whatever the number of steps: no network, no discretisation.
+
+        :param y: [B, C, h, w] low-res images ([-1, 1] units), one per sample.
+        :param alphas_cumprod: the schedule's cumulative alphas (numpy), step 0 first.
+        :param normal: normal(shape) -> [B, *shape] standard normals (per-sample streams).
+        :param uniform: uniform() -> [B] uniforms in [0, 1).
+        :return: [B, C, H, W] float32 samples (not clipped).
+        """
+        T = self._tensors(y.device)
+        B, C = y.shape[:2]
+        H = self.params.large_size
+        y = y.double()
+        lam = T["lam"][None, None]  # [1, 1, C, H*W]
+        s2 = (T["scales"] ** 2).view(1, -1, 1, 1)  # [1, K, 1, 1]
+        log_prior_k = self._log_component_prior(y, T)  # [B, K], unnormalised log p(k | y)
+        ab = np.asarray(alphas_cumprod, dtype=np.float64)
+        ab_prev = np.append(1.0, ab[:-1])
+
+        def draw_component(log_w):  # one k per sample, by inverse CDF
+            cdf = th.cumsum(th.softmax(log_w, dim=1), dim=1)
+            u = uniform().to(cdf) * cdf[:, -1]
+            return (cdf <= u[:, None]).sum(1).clamp(max=cdf.shape[1] - 1)
+
+        # x_T | y: mixture over k of N(a M y, a^2 s_k^2 C0 + b^2 I), diagonal in the eigenbasis.
+        k = draw_component(log_prior_k)
+        w = ((ab[-1] * s2 * lam + (1.0 - ab[-1])).sqrt()[0][k]) * normal((C, H * H)).double()
+        for i in range(len(ab) - 1, -1, -1):
+            a, b2 = np.sqrt(ab[i]), 1.0 - ab[i]
+            beta = 1.0 - ab[i] / ab_prev[i]
+            coef1, coef2 = np.sqrt(ab_prev[i]) * beta / b2, np.sqrt(1.0 - beta) * (1.0 - ab_prev[i]) / b2
+            step_var = beta * (1.0 - ab_prev[i]) / b2  # beta~: 0 at the last step
+            denom = (a ** 2 * s2 * lam + b2)[0]  # [K, C, N]
+            # log N(w; 0, diag(denom_k)) per sample and component; the quadratic form as a GEMM
+            log_lik = -0.5 * (th.log(denom).sum(dim=(1, 2)) + th.einsum("bcn,kcn->bk", w ** 2, 1 / denom))
+            k = draw_component(log_prior_k + log_lik)
+            # Per component k: w_s = coef1 E[u | w_t, k] + coef2 w_t + sqrt(beta~ + coef1^2 Var[u | w_t, k]) z,
+            # with E[u | w_t, k] = (a s_k^2 lam / denom_k) w_t and Var[u | w_t, k] = s_k^2 lam b^2 / denom_k.
+            scale = coef1 * a * s2[0] * lam[0] / denom + coef2  # [K, C, N]
+            std = (step_var + coef1 ** 2 * s2[0] * lam[0] * b2 / denom).sqrt()
+            w = scale[k] * w + std[k] * normal((C, H * H)).double()
+        x = self._from_eigen(w, T)
+        mean_y = th.einsum("hi,bcij,wj->bchw", T["M1"], y, T["M1"])
+        return (mean_y + x.reshape(B, C, H, H)).float()
+
+    def _from_eigen(self, w, T):
+        """U w for eigen coordinates w [B, C, H*W] (float64)."""
+        return th.matmul(T["U_r"], w @ T["U_s"].T)
+
+    def _log_component_prior(self, y, T):
+        """log p(k | y) up to a constant per image, for low-res images y [B, C, h, w] (float64)."""
+        m = y.shape[1] * y.shape[2] * y.shape[3]
+        whitened = th.einsum("ca,ih,bahw,jw->bcij", T["R_inv"], T["G_inv"], y, T["G_inv"])
+        q = (y * whitened).sum(dim=(1, 2, 3))[:, None]
+        return T["log_weights"] - m * th.log(T["scales"]) - q / (2 * T["scales"] ** 2)
 
     # -- files -----------------------------------------------------------------------------------
 

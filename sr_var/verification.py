@@ -7,13 +7,14 @@ Per image the "ground truth" of the paper is the mean and variance of N DDPM-SR 
 written next to them as high_res_mean.png and high_res_var.pkl (float64 HWC, [0, 255]^2).
 """
 
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from guided_diffusion import logger
-from guided_diffusion.cli import UserError, require_dir
+from guided_diffusion.cli import UserError, require_dir, require_writable_dir
 from guided_diffusion.io_util import atomic_write, load_pickle, save_json, save_pickle, save_png
 
 from . import metrics
@@ -27,7 +28,7 @@ from .data import (
     resolve_images,
     to_float,
 )
-from .testbed import load_testbed
+from .testbed import load_testbed, quantize
 
 TILE_TITLES = ("ground truth", "DDPM-SR mean", "mean model", "|truth - mean model|", "DDPM-SR std",
                "variance-model std")
@@ -52,8 +53,8 @@ def verification_defaults():
     )
 
 
-def ddpm_ground_truth(ddpm_dir, file_name, num_samples):
-    """Mean (clipped to [0, 255]) and variance (ddof 0) of the first num_samples samples, float64."""
+def check_samples(ddpm_dir, file_name, num_samples):
+    """The paths of an image's first num_samples samples; a UserError when some are missing."""
     folder = os.path.join(ddpm_dir, file_name, "high_res_samples")
     paths = [os.path.join(folder, f"sample_{i}.png") for i in range(num_samples)]
     have = sum(os.path.exists(p) for p in paths)
@@ -61,16 +62,26 @@ def ddpm_ground_truth(ddpm_dir, file_name, num_samples):
         raise UserError(f"image {file_name!r} has {have} of the {num_samples} samples that --num_samples asks for "
                         f"in {folder!r}; run ddpm_sr_sample.py with --num_samples_per_image {num_samples} "
                         f"(it resumes) or lower --num_samples")
+    return paths
+
+
+def ddpm_ground_truth(ddpm_dir, file_name, num_samples):
+    """
+    Mean (clipped to [0, 255]) and variance (ddof 0) of the first num_samples samples, and
+    the samples themselves [N, H, W, C], float64.
+    """
+    paths = check_samples(ddpm_dir, file_name, num_samples)
     with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decodes outside the GIL
         samples = np.stack(list(pool.map(read_image, paths))).astype(np.float64)
     mean = np.clip(samples.mean(axis=0), 0, 255)
     var = samples.var(axis=0)
     save_png(np.round(mean).astype(np.uint8), os.path.join(ddpm_dir, file_name, "high_res_mean.png"))
     save_pickle(var, os.path.join(ddpm_dir, file_name, "high_res_var.pkl"))
-    return mean, var
+    return mean, var, samples
 
 
-def model_outputs(output_dir, file_name, mean_step, var_step, size):
+def model_output_paths(output_dir, file_name, mean_step, var_step):
+    """The paths of an image's mean- and variance-model outputs; a UserError when one is missing."""
     mean_path = os.path.join(output_dir, file_name, f"high_res_mean_{mean_step}.png")
     var_path = os.path.join(output_dir, file_name, f"high_res_var_{var_step}.pkl")
     if not os.path.exists(mean_path):
@@ -79,6 +90,11 @@ def model_outputs(output_dir, file_name, mean_step, var_step, size):
     if not os.path.exists(var_path):
         raise UserError(f"missing variance-model output {var_path!r}: run sr_var_test.py with this "
                         f"--output_dir, or set --var_model_step / --sr_model_output_dir")
+    return mean_path, var_path
+
+
+def model_outputs(output_dir, file_name, mean_step, var_step, size):
+    mean_path, var_path = model_output_paths(output_dir, file_name, mean_step, var_step)
     mean = read_image(mean_path).astype(np.float64)
     var = np.asarray(load_pickle(var_path, what="variance pickle"), dtype=np.float64)
     if mean.shape != (size, size, 3) or var.shape != (size, size, 3):
@@ -92,8 +108,13 @@ def to_255(x):
     return (x + 1) * 127.5
 
 
-def image_metrics(truth, ddpm_mean, ddpm_var, model_mean, model_var, exact=None):
-    """All metrics of one image (arrays HWC, float64, [0, 255] and [0, 255]^2 units)."""
+def image_metrics(truth, ddpm_mean, ddpm_var, model_mean, model_var, exact=None, samples=None):
+    """
+    All metrics of one image (arrays HWC, float64, [0, 255] and [0, 255]^2 units). With the
+    DDPM-SR samples [N, H, W, C]: their split-half floor. With the exact posterior (`exact`,
+    from exact_posterior): every estimate against it, the Monte Carlo floor of N exact
+    samples, the variance model against its own target, and the variance ratios.
+    """
     result = {
         "mean": metrics.mean_metrics(ddpm_mean, model_mean),
         "var": metrics.var_metrics(ddpm_var, model_var),
@@ -104,15 +125,26 @@ def image_metrics(truth, ddpm_mean, ddpm_var, model_mean, model_var, exact=None)
             "ddpm": metrics.coverage(truth, ddpm_mean, ddpm_var),
         },
     }
+    if samples is not None and len(samples) >= 2:
+        result["split_half"] = metrics.split_half(samples)
     if exact is not None:
+        # What the variance model learns is E[(x - m)^2 | y] = Var[x | y] + (m - E[x | y])^2,
+        # with m its mean model (here its stored, rounded output).
+        target = exact["var"] + (model_mean - exact["mean"]) ** 2
         result["exact"] = {
             "ddpm_mean": metrics.mean_metrics(exact["mean"], ddpm_mean),
             "mean_model": metrics.mean_metrics(exact["mean"], model_mean),
             "bilinear": metrics.mean_metrics(exact["mean"], exact["bilinear"]),
             "ddpm_var": metrics.var_metrics(exact["var"], ddpm_var),
             "var_model": metrics.var_metrics(exact["var"], model_var),
+            "var_model_vs_target": metrics.var_metrics(target, model_var),
             "calibration": metrics.coverage(truth, exact["mean"], exact["var"]),
+            "var_ratio": {"ddpm": metrics.variance_ratio(exact["var"], ddpm_var),
+                          "mc_floor": metrics.variance_ratio(exact["var"], exact["mc_var"]),
+                          "var_model": metrics.variance_ratio(exact["var"], model_var)},
         }
+        result["mc_floor"] = {"mean": metrics.mean_metrics(exact["mean"], exact["mc_mean"]),
+                              "var": metrics.var_metrics(exact["var"], exact["mc_var"])}
     return result
 
 
@@ -165,32 +197,67 @@ def find_testbed(args):
     if not path:
         return None
     testbed = load_testbed(path, "testbed_path")
-    logger.log(f"images come from the exact testbed {path}: comparing with the exact posterior too")
+    testbed.path = path
     return testbed
 
 
-def exact_posterior(testbed, truth_uint8_chw, small_size):
-    """Exact posterior mean / variance and the bilinear input, HWC in [0, 255] units."""
+def exact_posterior(testbed, truth_uint8_chw, small_size, num_samples=0, seed=0):
+    """
+    Exact posterior mean / variance and the bilinear input, HWC in [0, 255] units; with
+    num_samples, also the Monte Carlo floor: the mean ("mc_mean") and variance ("mc_var") of
+    num_samples exact posterior samples, stored as the DDPM-SR samples are (uint8) and
+    reduced the same way.
+    """
     high_res = to_float(truth_uint8_chw[None])
     y = area_downsample(high_res, small_size).double().numpy()[0]
-    hwc = lambda a: np.transpose(a, (1, 2, 0))  # noqa: E731
-    return {
+    hwc = lambda a: np.moveaxis(a, -3, -1)  # noqa: E731  [..., C, H, W] -> [..., H, W, C]
+    result = {
         "mean": hwc(to_255(testbed.posterior_mean(y))),
         "var": hwc(testbed.posterior_variance(y) * 127.5 ** 2),
         "bilinear": hwc(to_255(low_res_input(high_res, small_size)[0].double().numpy())),
     }
+    if num_samples:
+        draws = quantize(testbed.sample_posterior(y, num_samples, np.random.default_rng(seed)))
+        exact_samples = hwc(draws).astype(np.float64)
+        result.update(mc_mean=np.clip(exact_samples.mean(axis=0), 0, 255), mc_var=exact_samples.var(axis=0))
+    return result
+
+
+def name_seed(name):
+    """A fixed seed per image name (the Monte Carlo floor's draws are reproducible)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
+
+
+def scale_groups(testbed, images, per_image):
+    """
+    The variance ratios per mixture scale: testbed images are grouped by their class, which
+    is the component k they were drawn from (scale s_k); each group with its interval.
+    """
+    groups = {}
+    for (name, y), result in zip(images, per_image):
+        scale = testbed.scales[y] if 0 <= y < len(testbed.scales) else None
+        key = f"s={scale:g}" if scale is not None else f"class {y}"
+        groups.setdefault(key, []).append(result["exact"]["var_ratio"])
+    return {key: {"num_images": len(ratios), **metrics.average(ratios), "ci95": metrics.bootstrap_interval(ratios)}
+            for key, ratios in sorted(groups.items())}
 
 
 def verify(args):
     """The body of sr_var_verification.py; returns the results dict (also in results.json)."""
-    if args.num_samples < 1:
-        raise UserError(f"--num_samples must be at least 1 (got {args.num_samples})")
     info = load_data_info(args.data_info_dict_path)
-    names = [name for name, _ in flatten_data_info(info)]
+    images = flatten_data_info(info)
+    names = [name for name, _ in images]
     paths = resolve_images(args.data_dir, names, args.data_info_dict_path)
     require_dir(args.ddpm_sr_output_dir, "ddpm_sr_output_dir")
     require_dir(args.sr_model_output_dir, "sr_model_output_dir")
     testbed = find_testbed(args)
+    for name in names:  # every input is there before anything is written
+        check_samples(args.ddpm_sr_output_dir, name, args.num_samples)
+        model_output_paths(args.sr_model_output_dir, name, args.mean_model_step, args.var_model_step)
+    require_writable_dir(args.log_dir, "log_dir")
+    logger.configure(args.log_dir)
+    if testbed:
+        logger.log(f"images come from the exact testbed {testbed.path}: comparing with the exact posterior too")
 
     per_image, grid_rows = [], []
     # the grid shows images spread over the list (data infos are ordered by class)
@@ -198,11 +265,13 @@ def verify(args):
     for i, (name, path) in enumerate(zip(names, paths)):
         truth_chw = load_image(path, args.large_size)
         truth = truth_chw.permute(1, 2, 0).numpy().astype(np.float64)
-        ddpm_mean, ddpm_var = ddpm_ground_truth(args.ddpm_sr_output_dir, name, args.num_samples)
+        ddpm_mean, ddpm_var, samples = ddpm_ground_truth(args.ddpm_sr_output_dir, name, args.num_samples)
         model_mean, model_var = model_outputs(args.sr_model_output_dir, name, args.mean_model_step,
                                               args.var_model_step, args.large_size)
-        exact = exact_posterior(testbed, truth_chw, args.small_size) if testbed else None
-        per_image.append(image_metrics(truth, ddpm_mean, ddpm_var, model_mean, model_var, exact))
+        exact = None
+        if testbed:
+            exact = exact_posterior(testbed, truth_chw, args.small_size, args.num_samples, name_seed(name))
+        per_image.append(image_metrics(truth, ddpm_mean, ddpm_var, model_mean, model_var, exact, samples))
         tiles = six_tiles(truth, ddpm_mean, model_mean, ddpm_var, model_var)
         save_png(tiles, os.path.join(args.log_dir, "figures", f"{name}.png"))
         if i < args.max_tensorboard_images:
@@ -213,6 +282,9 @@ def verify(args):
             logger.log(f"compared {i + 1} of {len(names)} images")
 
     results = metrics.average(per_image)
+    results["ci95"] = metrics.bootstrap_interval(per_image)
+    if testbed:
+        results["exact"]["var_ratio_by_scale"] = scale_groups(testbed, images, per_image)
     results.update(num_images=len(names), num_samples=args.num_samples, mean_model_step=args.mean_model_step,
                    var_model_step=args.var_model_step, gaussian_coverage=metrics.GAUSSIAN_COVERAGE,
                    units="images in [0, 255], variances in [0, 255]^2",
@@ -235,9 +307,19 @@ def log_summary(results):
         c = results["calibration"][who]
         logger.log(f"coverage of |truth - mean| <= 1/2/3 std ({who}): "
                    f"{c['1']:.3f} / {c['2']:.3f} / {c['3']:.3f} (Gaussian 0.683 / 0.954 / 0.997)")
+    n = results["num_samples"]
+    if "split_half" in results:
+        s = results["split_half"]
+        logger.log(f"split-half floor of {n} samples: mse {s['mean']['mse']:.3f}, "
+                   f"var error {s['var']['var_error']:.3f}, std error {s['var']['std_error']:.3f}")
     if "exact" in results:
-        e = results["exact"]
+        e, f = results["exact"], results["mc_floor"]
         logger.log(f"vs the exact posterior mean, mse: DDPM-SR {e['ddpm_mean']['mse']:.3f}, "
-                   f"mean model {e['mean_model']['mse']:.3f}, bilinear {e['bilinear']['mse']:.3f}")
+                   f"mean model {e['mean_model']['mse']:.3f}, bilinear {e['bilinear']['mse']:.3f}, "
+                   f"{n} exact samples (the Monte Carlo floor) {f['mean']['mse']:.3f}")
         logger.log(f"vs the exact posterior variance, var error: DDPM-SR {e['ddpm_var']['var_error']:.3f}, "
-                   f"variance model {e['var_model']['var_error']:.3f}")
+                   f"variance model {e['var_model']['var_error']:.3f} (vs its target Var + (m - E)^2: "
+                   f"{e['var_model_vs_target']['var_error']:.3f}), {n} exact samples {f['var']['var_error']:.3f}")
+        for group, r in e["var_ratio_by_scale"].items():
+            logger.log(f"variance ratio to exact at {group} ({r['num_images']} images): DDPM-SR {r['ddpm']:.3f}, "
+                       f"{n} exact samples {r['mc_floor']:.3f}, variance model {r['var_model']:.3f}")

@@ -19,10 +19,12 @@ def test_mini_script_end_to_end(tmp_path):
     # 1 clean + 2 levels of uniform and fix; the model-noise levels map to alpha = ratio / mean q[c],
     # capped at 1, so a barely trained clean model can merge them into one
     assert len(results["mnist"]) in (6, 7)
-    assert {"mean", "var", "exact", "calibration"} <= set(results["sr"])
+    assert {"mean", "var", "exact", "calibration", "mc_floor", "split_half", "ci95"} <= set(results["sr"])
+    assert {"var_model_vs_target", "var_ratio", "var_ratio_by_scale"} <= set(results["sr"]["exact"])
     assert all(os.path.exists(p) for p in results["figures"]) and len(results["figures"]) >= 4
     text = (out / "results.md").read_text()
     assert "paper's test accuracy" in text and "exact posterior mean" in text
+    assert "Monte Carlo floor" in text and "split-half floor" in text and "its target Var + (m - E)^2" in text
     # a rerun continues: every stage finds its outputs and skips the work
     again = subprocess.run(["bash", "scripts/mini.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
                            timeout=900)

@@ -13,12 +13,15 @@ import time
 
 import numpy as np
 import pytest
+import torch as th
 from PIL import Image
 
+from guided_diffusion import logger
 from guided_diffusion.io_util import png_is_complete, save_pickle, save_png
 from sr_var import metrics
 from sr_var.testbed import TestbedParams, write_testbed_dataset
 from tests.conftest import ROOT, assert_user_error, run_script
+from tests.helpers import snapshot
 
 SAMPLE_FLAGS = ("--large_size 16 --small_size 4 --class_cond True --learn_sigma True --diffusion_steps 1000 "
                 "--noise_schedule linear --timestep_respacing 50").split()
@@ -90,7 +93,7 @@ def test_two_ranks_shard_the_images(testbed_dir):
 
 def test_sampling_bad_inputs(testbed_dir):
     assert_user_error(run_script(_sample_args("outputs/x", 0), cwd=testbed_dir, check=False),
-                      "--num_samples_per_image must be at least 1")
+                      "--num_samples_per_image 0 should be at least 1")
     checkpoint = str(testbed_dir / "tiny.pt")
     import torch as th
 
@@ -106,6 +109,69 @@ def test_sampling_bad_inputs(testbed_dir):
     args = _sample_args("outputs/x", 1)
     args[args.index("data/to_sample_data_info.pkl")] = "data/to_sample_data_inf.pkl"
     assert_user_error(run_script(args, cwd=testbed_dir, check=False), "did you mean 'data/to_sample_data_info.pkl'")
+
+
+def test_a_lost_sample_is_redrawn_as_it_was(testbed_dir):
+    """Every sample has its own random stream: redrawn alone, a lost sample comes back byte for byte."""
+    out = str(testbed_dir / "redraw")
+    run_script(_sample_args(out, 4, batch_size=4), cwd=testbed_dir)
+    lost = _sample_files(out)[5]
+    original = open(lost, "rb").read()
+    os.remove(lost)
+    assert "1 samples of 1 images" in run_script(_sample_args(out, 4, batch_size=4), cwd=testbed_dir).stdout
+    assert open(lost, "rb").read() == original
+
+
+def test_teachers_and_sampling_folders(testbed_dir):
+    """
+    --teacher exact writes the same layout; a folder keeps the flags that decide its samples
+    (another respacing or teacher into it is refused, nothing changed); --teacher needs a
+    testbed; unknown schedules, respacings and class indices are one line.
+    """
+    out = str(testbed_dir / "exact")
+    run_script(_sample_args(out, 2, extra=["--teacher", "exact"]), cwd=testbed_dir)
+    assert len(_sample_files(out)) == 8
+    flags = json.load(open(os.path.join(out, "sampling_flags.json")))
+    assert flags["teacher"] == "exact" and flags["timestep_respacing"] == "50" and flags["large_size"] == 16
+    before = snapshot(out)
+    for extra, needle in ((["--timestep_respacing", "25"], "--timestep_respacing '25' contradicts"),
+                          (["--teacher", "ideal_ddpm"], "--teacher 'ideal_ddpm' contradicts")):
+        args = _sample_args(out, 4, extra=["--teacher", "exact"] + extra)
+        if extra[0] == "--teacher":
+            args = _sample_args(out, 4, extra=extra)
+        assert_user_error(run_script(args, cwd=testbed_dir, check=False), needle, "sampling_flags.json")
+    assert snapshot(out) == before
+    for extra, needle in ((["--teacher", "perfect"], "--teacher 'perfect' is not one of: ideal_ddpm, exact"),
+                          (["--noise_schedule", "quadratic"], "--noise_schedule 'quadratic' is not one of"),
+                          (["--timestep_respacing", "fifty"], "--timestep_respacing 'fifty' cannot be made"),
+                          (["--timestep_respacing", "2000"], "cannot divide section of 1000 steps into 2000"),
+                          (["--teacher", "exact", "--use_ddim", "True"], "does not apply to it"),
+                          (["--sampler", "euler"], "--sampler 'euler' is not one of"),
+                          (["--use_ddim", "True", "--sampler", "dpmpp_2m"], "--use_ddim True asks for DDIM")):
+        assert_user_error(run_script(_sample_args("outputs/none", 1, extra=extra), cwd=testbed_dir, check=False),
+                          needle)
+    args = _sample_args("outputs/none", 1, extra=["--teacher", "exact"])
+    args[args.index("data/testbed.json")] = "upsampler.pt"
+    open(testbed_dir / "upsampler.pt", "wb").close()
+    assert_user_error(run_script(args, cwd=testbed_dir, check=False), "--teacher exact needs a testbed")
+    save_pickle({"n00000000": {"y": 1000, "file_names": ["gsm0_000004"]}}, str(testbed_dir / "y1000.pkl"))
+    args = _sample_args("outputs/none", 1)
+    args[args.index("data/to_sample_data_info.pkl")] = "y1000.pkl"
+    assert_user_error(run_script(args, cwd=testbed_dir, check=False), "class index 1000", "0..999")
+    assert not os.path.exists(testbed_dir / "outputs" / "none")
+
+
+def test_fp16_with_a_testbed_teacher_on_a_gpu_says_so_once():
+    """--use_fp16 True with a testbed on CUDA: the teacher has no fp16 form; it runs as is and says so."""
+    from guided_diffusion.script_util import create_gaussian_diffusion
+    from sr_var.sampling import TestbedTeacher, use_fp16_where_it_applies
+    from sr_var.testbed import GaussianScaleMixture
+
+    teacher = TestbedTeacher(GaussianScaleMixture(TestbedParams(large_size=16, small_size=4)),
+                             create_gaussian_diffusion(learn_sigma=True, timestep_respacing="10"), learn_sigma=True)
+    logger.configure("unused", format_strs=())
+    assert use_fp16_where_it_applies(teacher, th.device("cuda"), True) is teacher
+    assert any("does not apply" in w for w in logger.get_current().warned)
 
 
 # --------------------------------------------------------------------------------------
@@ -179,7 +245,7 @@ def test_verification_bad_inputs(verification_dir):
     assert_user_error(run_script(_verify_args(num_samples="5"), cwd=verification_dir, check=False),
                       "'n00000000_0' has 3 of the 5 samples")
     assert_user_error(run_script(_verify_args(num_samples="0"), cwd=verification_dir, check=False),
-                      "--num_samples must be at least 1")
+                      "--num_samples 0 should be at least 1")
     assert_user_error(run_script(_verify_args(mean_model_step="8"), cwd=verification_dir, check=False),
                       "high_res_mean_8.png", "sr_mean_test.py")
     assert_user_error(run_script(_verify_args(var_model_step="8"), cwd=verification_dir, check=False),

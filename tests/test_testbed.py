@@ -24,7 +24,7 @@ from sr_var.data import (
     to_float,
 )
 from sr_var.models import mean_and_var_input
-from sr_var.sampling import TestbedTeacher, sample_images
+from sr_var.sampling import ExactTestbedTeacher, TestbedTeacher, sample_images
 from sr_var.testbed import GaussianScaleMixture, TestbedParams, quantize, write_testbed_dataset
 
 
@@ -110,9 +110,8 @@ def test_teacher_samples_match_the_closed_form_posterior():
     assert tb.component_posterior(y).max() > 0.999
     N = 400
     diffusion = create_gaussian_diffusion(steps=1000, learn_sigma=True, timestep_respacing="250")
-    th.manual_seed(0)
     samples = sample_images(TestbedTeacher(tb, diffusion, learn_sigma=True), diffusion,
-                            th.tensor(y[None], dtype=th.float32), None, N, 16).double().numpy()
+                            th.tensor(y[None], dtype=th.float32), None, range(N), 16).double().numpy()
 
     k = tb.component_posterior(y).argmax()
     C0s = np.kron(tb.K1, tb.K1) - np.kron(tb.M1 @ tb.A @ tb.K1, tb.M1 @ tb.A @ tb.K1)
@@ -129,6 +128,92 @@ def test_teacher_samples_match_the_closed_form_posterior():
     assert abs(V - 1) < 4 * sd * np.sqrt(N / (N - 1)), (V, sd)
     # the samples keep the low-res image: D x = y up to the final step's clipping/rounding
     assert np.abs(tb.downsample(samples) - y).max() < 2e-2
+
+
+def one_hot_images(tb, rng, per_scale=1):
+    """Low-res images whose component posterior p(k | y) is one-hot, per_scale of each k."""
+    found = {}
+    while min((len(found.get(k, [])) for k in range(len(tb.scales))), default=0) < per_scale:
+        x, k = tb.sample_prior(64, rng)
+        y = tb.downsample(x)
+        for yi, ki in zip(y, k):
+            if tb.component_posterior(yi)[ki] > 0.9999:
+                found.setdefault(int(ki), []).append(yi)
+    return {k: v[:per_scale] for k, v in sorted(found.items())}
+
+
+def per_pixel_statistics(tb, samples, y, k):
+    """
+    Q = mean_i z_i^2 of the standardised sample mean and V = mean_i s_i^2 / Sigma_ii of the
+    unbiased sample variance, with their exact standard deviation for a Gaussian posterior
+    Sigma = s_k^2 C0 (see test_teacher_samples_match_the_closed_form_posterior).
+    """
+    N = len(samples)
+    C0s = np.kron(tb.K1, tb.K1) - np.kron(tb.M1 @ tb.A @ tb.K1, tb.M1 @ tb.A @ tb.K1)
+    d = np.sqrt(np.diag(C0s))
+    sum_rho2 = (tb.R ** 2).sum() * ((C0s / np.outer(d, d)) ** 2).sum()
+    sd = np.sqrt(2 * sum_rho2) / samples[0].size
+    mu, var = tb.posterior_mean(y), tb.posterior_variance(y)
+    assert np.allclose(var, tb.scales[k] ** 2 * tb.c0_diag, rtol=1e-3)
+    Q = np.mean((samples.mean(0) - mu) ** 2 / (var / N))
+    V = np.mean(samples.var(0, ddof=1) / var)
+    return Q, V, sd
+
+
+@pytest.mark.parametrize("respacing", ["250", "10"])
+def test_exact_teacher_gives_exact_posterior_samples(respacing):
+    """
+    The `exact` teacher (the chain of exact reverse transitions) through the sampler's entry
+    point, at 32 px with length scale 2, 400 samples for an image of each scale: the
+    per-pixel mean and variance match the closed form within 4 of their exact standard
+    deviations, at 250 steps and at 10; and the 20 leading directions of the posterior
+    covariance keep their variance (the `ideal_ddpm` teacher, one diagonal Gaussian per
+    step, loses 6-12% there).
+    """
+    tb = GaussianScaleMixture(TestbedParams(large_size=32, small_size=8, length_scale=2.0))
+    diffusion = create_gaussian_diffusion(steps=1000, learn_sigma=True, timestep_respacing=respacing)
+    teacher = ExactTestbedTeacher(tb, diffusion)
+    N = 400
+    top = np.argsort(tb.lam.ravel())[::-1][:20]  # leading eigen-directions of C0 (R (x) C0s)
+    for k, (y,) in one_hot_images(tb, np.random.default_rng(7)).items():
+        samples = sample_images(teacher, diffusion, th.tensor(y[None], dtype=th.float32), None,
+                                range(k * N, (k + 1) * N), 32).double().numpy()
+        Q, V, sd = per_pixel_statistics(tb, samples, y, k)
+        assert abs(Q - 1) < 4 * sd, (k, Q, sd)
+        assert abs(V - 1) < 4 * sd * np.sqrt(N / (N - 1)), (k, V, sd)
+        # whitened: project x - E[x|y] on the eigenvectors U_r[:, c] (x) U_s[:, n]
+        r = (samples - tb.posterior_mean(y)[None]).reshape(N, 3, -1)
+        coords = np.einsum("ca,sn,bcs->ban", tb.U_r, tb.U_s, r).reshape(N, -1)[:, top]
+        ratio = (coords ** 2).mean(0) / (tb.scales[k] ** 2 * tb.lam.ravel()[top])
+        # each ratio ~ chi2_N / N (sd sqrt(2/N)); the 20 directions are independent
+        assert abs(ratio.mean() - 1) < 4 * np.sqrt(2 / (N * 20)), (k, ratio)
+
+
+def test_monte_carlo_and_split_half_floors_match_theory():
+    """
+    The verification's floors on a testbed image: N exact posterior samples, stored as uint8,
+    miss the exact mean by MSE = mean_i (Sigma_ii + 1/12) / N in expectation ([0, 255] units;
+    1/12 is the rounding), and the split-half estimate (first half against second, / 4)
+    has the same expectation; both within 4 exact standard deviations.
+    """
+    from sr_var import metrics
+    from sr_var.verification import exact_posterior
+
+    tb = GaussianScaleMixture(TestbedParams(large_size=16, small_size=4, length_scale=1.0))
+    (y,) = one_hot_images(tb, np.random.default_rng(3))[2]
+    x = tb.posterior_mean(y)  # any high-res image with this low-res image
+    truth = th.from_numpy(quantize(x))
+    N = 100
+    exact = exact_posterior(tb, truth, 4, N, seed=0)
+    want = np.mean(exact["var"] + 1 / 12) / N
+    C0s = np.kron(tb.K1, tb.K1) - np.kron(tb.M1 @ tb.A @ tb.K1, tb.M1 @ tb.A @ tb.K1)
+    d = np.sqrt(np.diag(C0s))
+    sd = np.sqrt(2 * (tb.R ** 2).sum() * ((C0s / np.outer(d, d)) ** 2).sum()) / exact["var"].size
+    floor = metrics.mse(exact["mean"], exact["mc_mean"])
+    assert abs(floor / want - 1) < 4 * sd, (floor, want, sd)
+    samples = np.moveaxis(quantize(tb.sample_posterior(y, N, np.random.default_rng(1))), 1, -1).astype(np.float64)
+    split = metrics.split_half(samples)["mean"]["mse"]
+    assert abs(split / want - 1) < 4 * sd, (split, want, sd)
 
 
 @pytest.fixture(scope="module")
