@@ -104,7 +104,8 @@ def sr_section(sr):
                   + " | ".join(f"{g} ({r['num_images']} images)" for g, r in groups.items()) + " |",
                   "|---|---|" + "---|" * len(groups)]
         for key, name in (("ddpm", f"DDPM-SR, {n} samples"), ("mc_floor", f"{n} exact posterior samples"),
-                          ("var_model", "variance model")):
+                          ("var_model", "variance model"),
+                          ("var_model_to_target", "variance model / its target Var + (m - E)^2")):
             by_scale = " | ".join(f"{r[key]:.3f} [{r['ci95'][key][0]:.3f}, {r['ci95'][key][1]:.3f}]"
                                   for r in groups.values())
             lines.append(f"| {name} | {cell(('exact', 'var_ratio', key), '.3f')} | {by_scale} |")

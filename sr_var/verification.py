@@ -141,7 +141,8 @@ def image_metrics(truth, ddpm_mean, ddpm_var, model_mean, model_var, exact=None,
             "calibration": metrics.coverage(truth, exact["mean"], exact["var"]),
             "var_ratio": {"ddpm": metrics.variance_ratio(exact["var"], ddpm_var),
                           "mc_floor": metrics.variance_ratio(exact["var"], exact["mc_var"]),
-                          "var_model": metrics.variance_ratio(exact["var"], model_var)},
+                          "var_model": metrics.variance_ratio(exact["var"], model_var),
+                          "var_model_to_target": metrics.variance_ratio(target, model_var)},
         }
         result["mc_floor"] = {"mean": metrics.mean_metrics(exact["mean"], exact["mc_mean"]),
                               "var": metrics.var_metrics(exact["var"], exact["mc_var"])}
