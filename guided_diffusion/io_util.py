@@ -187,8 +187,11 @@ def torch_load_error(e):
     """
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     for line in lines:
-        if line.startswith("WeightsUnpickler error:"):
-            return f"it holds objects other than tensors, refused ({line.split(':', 1)[1].strip()[:160]})"
+        found = re.search(r"GLOBAL ([\w.]+)", line)
+        if found:
+            return f"it holds objects other than tensors ({found.group(1)}), refused"
+        if "Unsupported operand" in line:
+            return f"its bytes are not a pickle of tensors ({line[line.index('Unsupported'):][:80]})"
     first = lines[0] if lines else type(e).__name__
     if "weights_only" in first or "Weights only" in first:
         return "it holds objects other than tensors, refused"
