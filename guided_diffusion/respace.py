@@ -1,6 +1,7 @@
 """
 Respacing: run a diffusion model trained with T steps on a subset of its timesteps
-("250", "ddim25", or per-section counts such as "10,20,30").
+("250", "ddim25", per-section counts such as "10,20,30", or "logsnr25": steps uniform in
+log signal-to-noise ratio, the spacing DPM-Solver is designed for).
 """
 
 import numpy as np
@@ -9,14 +10,42 @@ import torch as th
 from .gaussian_diffusion import GaussianDiffusion
 
 
-def space_timesteps(num_timesteps, section_counts):
+def logsnr_timesteps(alphas_cumprod, count):
+    """
+    `count` timesteps of the base process, spread uniformly in lambda = log(alpha / sigma)
+    from the noisiest step to the cleanest (both kept), rounded to the nearest base step and
+    made distinct (where base steps are sparser in lambda than asked for, neighbours move).
+    """
+    num_timesteps = len(alphas_cumprod)
+    if not 1 <= count <= num_timesteps:
+        raise ValueError(f"cannot create {count} steps out of {num_timesteps}")
+    lam = 0.5 * np.log(alphas_cumprod / (1 - alphas_cumprod))  # decreasing in t
+    targets = np.linspace(lam[0], lam[-1], count)
+    steps = np.rint(np.interp(-targets, -lam, np.arange(num_timesteps))).astype(int)
+    for j in range(1, count):  # distinct and increasing, within 0 .. T-1
+        steps[j] = max(steps[j], steps[j - 1] + 1)
+    for j in range(count - 1, -1, -1):
+        steps[j] = min(steps[j], num_timesteps - count + j)
+    return set(int(s) for s in steps)
+
+
+def space_timesteps(num_timesteps, section_counts, alphas_cumprod=None):
     """
     The set of original timesteps to keep.
 
     :param section_counts: a list of per-section step counts, a comma-separated string of
-        them (the T steps are cut into equal sections, each strided evenly), or
-        "ddimN" for DDIM's fixed stride giving exactly N steps.
+        them (the T steps are cut into equal sections, each strided evenly), "ddimN" for
+        DDIM's fixed stride giving exactly N steps, or "logsnrN" for N steps uniform in
+        log-SNR (needs the base process's alphas_cumprod).
     """
+    if isinstance(section_counts, str) and section_counts.startswith("logsnr"):
+        try:
+            count = int(section_counts[len("logsnr"):])
+        except ValueError:
+            raise ValueError(f"{section_counts!r} is not logsnr followed by a step count") from None
+        if alphas_cumprod is None:
+            raise ValueError("logsnr respacing needs the base schedule")
+        return logsnr_timesteps(np.asarray(alphas_cumprod), count)
     if isinstance(section_counts, str):
         if section_counts.startswith("ddim"):
             try:

@@ -3,6 +3,8 @@ Flag defaults and model/diffusion builders, with guided-diffusion's names, plus 
 builders of the paper's mean and variance models with the original code's defaults.
 """
 
+import numpy as np
+
 from . import gaussian_diffusion as gd
 from .cli import UserError, add_dict_to_argparser, args_to_dict, str2bool  # noqa: F401 (public API)
 from .respace import SpacedDiffusion, space_timesteps
@@ -209,7 +211,7 @@ def diffusion_from_flags(flags):
     except ValueError as e:
         raise UserError(f"--timestep_respacing {flags['timestep_respacing']!r} cannot be made from "
                         f"--diffusion_steps {flags['diffusion_steps']}: {e} (write step counts such as 250 or "
-                        f"10,20,30, or ddimN)") from None
+                        f"10,20,30, ddimN or logsnrN)") from None
 
 
 def create_gaussian_diffusion(*, steps=1000, learn_sigma=False, sigma_small=False, noise_schedule="linear",
@@ -231,7 +233,7 @@ def create_gaussian_diffusion(*, steps=1000, learn_sigma=False, sigma_small=Fals
     else:
         model_var_type = gd.ModelVarType.FIXED_LARGE
     return SpacedDiffusion(
-        use_timesteps=space_timesteps(steps, timestep_respacing),
+        use_timesteps=space_timesteps(steps, timestep_respacing, np.cumprod(1.0 - betas)),
         betas=betas,
         model_mean_type=gd.ModelMeanType.START_X if predict_xstart else gd.ModelMeanType.EPSILON,
         model_var_type=model_var_type,

@@ -140,3 +140,16 @@ def test_ancestral_is_the_seeds_loop():
     want = diffusion.p_sample_loop(model, (2, 3, 4, 4), noise=noise.normal((3, 4, 4)), noise_fn=noise.like,
                                    device=th.device("cpu"))
     assert th.equal(got, want)
+
+
+@pytest.mark.parametrize("count", [10, 25, 250, 1000])
+def test_logsnr_respacing(count):
+    """logsnrN: exactly N distinct base steps, the first and last kept, roughly uniform in log-SNR."""
+    diffusion = create_gaussian_diffusion(steps=1000, timestep_respacing=f"logsnr{count}")
+    steps = diffusion.timestep_map
+    assert len(steps) == count and steps == sorted(set(steps)) and steps[0] == 0 and steps[-1] == 999
+    base = create_gaussian_diffusion(steps=1000).alphas_cumprod
+    lam = 0.5 * np.log(base[steps] / (1 - base[steps]))
+    if count <= 25:  # where base steps are dense enough in lambda, the gaps are even
+        gaps = -np.diff(lam)
+        assert gaps.max() < 1.5 * gaps.mean() and gaps.min() > 0.5 * gaps.mean()
