@@ -1,0 +1,151 @@
+"""
+Theorem 2.2 to convergence on the exact testbed: the mean and variance models trained with
+the stage scripts (sr_mean_train.py, sr_var_train.py: the project's one training loop), every
+checkpoint scored in closed form against the exact posterior on held-out images:
+
+    mean model      MSE / PSNR against E[x | y]
+    variance model  var and std error against Var[x | y] and against what it learns,
+                    Var[x | y] + (m(y) - E[x | y])^2; the variance ratio per mixture scale
+    both            calibration: the share of fresh exact posterior samples within k model std
+                    of the model mean (k = 1, 2, 3)
+
+beside reference lines: bilinear upsampling, N exact posterior samples (the Monte Carlo
+floor) and N ideal-DDPM-SR samples (the testbed's perfect upsampler sampled as the paper
+samples, 250 steps, on --reference_images of the images). Two ablations train alongside:
+the mean model on 4,000 instead of 40,000 images, the variance model with --last_layer_type
+exp. Writes {out_dir}/results.json, results.md and convergence.png; every stage resumes.
+
+    python scripts/testbed_study.py                       # about an hour on 2 cores
+    python scripts/testbed_study.py --out_dir /tmp/tiny --num_train 64 --small_train 32 \\
+        --num_eval 4 --steps 4 --eval_every 2 --reference_images 2 --reference_samples 4
+"""
+
+import os
+import pickle
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from guided_diffusion import logger  # noqa: E402
+from guided_diffusion.cli import UserError, create_argparser, require_writable_dir, run_main  # noqa: E402
+from guided_diffusion.io_util import atomic_write, load_pickle, record_run_flags, save_json  # noqa: E402
+from sr_var.testbed_study import (  # noqa: E402
+    crossings,
+    forward_seconds,
+    reference_lines,
+    score_checkpoints,
+    study_images,
+    write_report,
+)
+
+MODEL_FLAGS = ("--attention_resolutions 16,8 --model_channels 32 --num_heads 4 --num_res_blocks 1 "
+               "--resblock_updown True --use_fp16 False --channel_mult 1,2,2").split()
+
+
+def defaults():
+    return dict(out_dir="outputs/testbed_study", large_size=32, small_size=8, length_scale=2.0, num_train=40000,
+                small_train=4000, num_eval=100, steps=1200, eval_every=100, batch_size=16, lr=1e-3,
+                reference_images=24, reference_samples=100, seed=0, parallel=True)
+
+
+def stage(args, cwd, env=None):
+    """Run a stage script as a user would; its output goes to the study's log."""
+    cmd = [sys.executable, os.path.join(ROOT, args[0]), *args[1:]]
+    proc = subprocess.run(cmd, cwd=cwd, env=dict(os.environ, PYTHONPATH=ROOT, **(env or {})),
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise UserError(f"{' '.join(args[:1])} failed ({proc.returncode}): "
+                        f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    return proc
+
+
+def training_runs(a, out):
+    """The four trainings: (name, script, extra flags); the variance runs need the main mean run."""
+    sizes = ["--large_size", str(a.large_size), "--small_size", str(a.small_size)]
+    common = [*MODEL_FLAGS, *sizes, "--data_dir", f"{out}/data/images", "--batch_size", str(a.batch_size),
+              "--lr", str(a.lr), "--lr_anneal_steps", str(a.steps), "--max_step", str(a.steps),
+              "--save_interval", str(a.eval_every), "--log_interval", "50", "--resume_checkpoint", "latest",
+              "--num_workers", "0", "--seed", str(a.seed)]
+    mean_run = ["--mean_model_path", f"{out}/checkpoints/mean/model{a.steps:06d}.pt",
+                "--mean_model_args_path", f"{out}/logs/mean/mean_model_args.pkl"]
+    first = [("mean", "sr_mean_train.py", ["--data_info_dict_path", f"{out}/data/train_data_info.pkl"]),
+             ("mean_small", "sr_mean_train.py", ["--data_info_dict_path", f"{out}/data/train_small_info.pkl"])]
+    second = [("var", "sr_var_train.py", ["--data_info_dict_path", f"{out}/data/train_data_info.pkl",
+                                          "--last_layer_type", "none", *mean_run]),
+              ("var_exp", "sr_var_train.py", ["--data_info_dict_path", f"{out}/data/train_data_info.pkl",
+                                              "--last_layer_type", "exp", *mean_run])]
+    full = lambda runs: [(n, [s, *common, *extra, "--log_dir", f"{out}/logs/{n}",  # noqa: E731
+                              "--model_save_dir", f"{out}/checkpoints/{n}"]) for n, s, extra in runs]
+    return full(first), full(second)
+
+
+def train_wave(runs, parallel):
+    """Train the runs of one wave: side by side on one thread each, or one after the other."""
+    if not parallel:
+        for _, args in runs:
+            stage(args, ROOT)
+        return
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    procs = [(name, subprocess.Popen([sys.executable, os.path.join(ROOT, args[0]), *args[1:]], cwd=ROOT, env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+             for name, args in runs]
+    for name, proc in procs:
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise UserError(f"training {name} failed ({proc.returncode}): {(err.strip().splitlines() or ['?'])[-1]}")
+
+
+@run_main
+def main():
+    a = create_argparser(defaults(), description=__doc__).parse_args()
+    if a.small_train >= a.num_train:
+        raise UserError(f"--small_train {a.small_train} should be below --num_train {a.num_train}")
+    if a.eval_every > a.steps:
+        raise UserError(f"--eval_every {a.eval_every} should be at most --steps {a.steps}")
+    out = os.path.abspath(a.out_dir)
+    require_writable_dir(out, "out_dir")
+    record_run_flags(os.path.join(out, "study_flags.json"), {k: v for k, v in vars(a).items() if k != "parallel"},
+                     "out_dir")
+    logger.configure(out, format_strs=("stdout", "log"))
+    start = time.time()
+
+    data = os.path.join(out, "data")
+    if not os.path.exists(os.path.join(data, "testbed.json")):
+        logger.log(f"writing the testbed: {a.num_train} training and {a.num_eval} evaluation images")
+        stage(["scripts/make_testbed.py", "--out_dir", data, "--large_size", str(a.large_size), "--small_size",
+               str(a.small_size), "--length_scale", str(a.length_scale), "--num_train", str(a.num_train),
+               "--num_eval", str(a.num_eval), "--seed", str(a.seed)], ROOT)
+    small_info = os.path.join(data, "train_small_info.pkl")
+    if not os.path.exists(small_info):  # the first small_train training images, with their classes
+        info = load_pickle(os.path.join(data, "train_data_info.pkl"))
+        subset = {}
+        for name, synset in sorted((n, s) for s, v in info.items() for n in v["file_names"])[:a.small_train]:
+            subset.setdefault(synset, {"y": info[synset]["y"], "file_names": []})["file_names"].append(name)
+        atomic_write(small_info, lambda f: pickle.dump(subset, f))
+
+    first, second = training_runs(a, out)
+    final = f"model{a.steps:06d}.pt"
+    for wave in (first, second):
+        todo = [(name, args) for name, args in wave
+                if not os.path.exists(os.path.join(out, "checkpoints", name, final))]
+        if todo:
+            logger.log(f"training {', '.join(name for name, _ in todo)} ({a.steps} steps each)")
+            train_wave(todo, a.parallel)
+    logger.log(f"trainings done ({(time.time() - start) / 60:.1f} min)")
+
+    images = study_images(data, a.large_size, a.small_size)
+    refs = reference_lines(out, data, images, a.reference_images, a.reference_samples, a.seed)
+    scores = score_checkpoints(out, images, [n for n, _ in first + second], a.steps)
+    mean_s, var_s = forward_seconds(out, images, a.steps)
+    cost = dict(mean_model_s=mean_s, var_model_s=var_s,
+                ideal_ddpm_s=refs["ideal_ddpm"]["seconds_per_image"])
+    results = dict(config=vars(a), references=refs, scores=scores, cost=cost, wall_time_s=time.time() - start)
+    results["crossings"] = crossings(results)
+    save_json(results, os.path.join(out, "results.json"))
+    print(write_report(results, out))
+
+
+if __name__ == "__main__":
+    main()
