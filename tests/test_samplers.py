@@ -153,3 +153,36 @@ def test_logsnr_respacing(count):
     if count <= 25:  # where base steps are dense enough in lambda, the gaps are even
         gaps = -np.diff(lam)
         assert gaps.max() < 1.5 * gaps.mean() and gaps.min() > 0.5 * gaps.mean()
+
+
+# The sampler study's measured variance ratios to exact per mixture scale (scripts/sampler_study.py,
+# 24 images x 100 samples, 32 px testbed, length scale 2; outputs of 2026-11-30).
+STUDY_VAR_RATIO = {("ancestral", "250"): (0.848, 0.903, 0.933), ("dpmpp_2m", "50"): (1.238, 1.199, 1.112)}
+
+
+@pytest.mark.parametrize("sampler,respacing", sorted(STUDY_VAR_RATIO))
+def test_testbed_samplers_reproduce_the_studys_accuracy(sampler, respacing):
+    """
+    One image at the smallest and one at the largest mixture scale, 32 samples each, through the
+    real sampler with the ideal teacher: the per-pixel variance ratio to Var[x|y] lands on the
+    study's value for that scale. The tolerance (0.06) covers this test's own sampling error
+    (about 0.025 per image for 32 samples of strongly correlated pixels) and the image-to-image
+    spread within a scale (the study's 95% interval over images is +-0.015); the two samplers'
+    values differ by 0.2-0.4. (With 48 samples on 2026-11-30: 0.867 / 0.921 / 0.943 and
+    1.233 / 1.192 / 1.105 for the three scales.)
+    """
+    from sr_var.sampling import TestbedTeacher, sample_images
+    from sr_var.testbed import GaussianScaleMixture, TestbedParams
+
+    tb = GaussianScaleMixture(TestbedParams(large_size=32, small_size=8, length_scale=2.0))
+    diffusion = create_gaussian_diffusion(steps=1000, learn_sigma=True, timestep_respacing=respacing)
+    teacher = TestbedTeacher(tb, diffusion, learn_sigma=True)
+    rng = np.random.default_rng(5)
+    x, ks = tb.sample_prior(60, rng)
+    for k in (0, 2):
+        expected = STUDY_VAR_RATIO[(sampler, respacing)][k]
+        y = tb.downsample(x[list(ks).index(k)][None])[0]
+        samples = sample_images(teacher, diffusion, th.tensor(y[None], dtype=th.float32), None, range(32), 32,
+                                sampler=sampler).double().numpy()
+        ratio = samples.var(0, ddof=1).mean() / tb.posterior_variance(y).mean()
+        assert abs(ratio - expected) < 0.06, (sampler, k, ratio, expected)
