@@ -31,7 +31,7 @@ from .data import (
 from .testbed import load_testbed, quantize
 
 TILE_TITLES = ("ground truth", "DDPM-SR mean", "mean model", "|truth - mean model|", "DDPM-SR std",
-               "variance-model std")
+               "variance-model std", "exact posterior std")
 
 
 def verification_defaults():
@@ -149,23 +149,22 @@ def image_metrics(truth, ddpm_mean, ddpm_var, model_mean, model_var, exact=None,
     return result
 
 
-def six_tiles(truth, ddpm_mean, model_mean, ddpm_var, model_var):
+def figure_tiles(truth, ddpm_mean, model_mean, ddpm_var, model_var, exact_var=None):
     """
-    ground truth | DDPM-SR mean | mean model | |truth - mean model| | DDPM-SR std | model std,
-    as one uint8 image. The last three are grey (averaged over the colour channels); the two
-    std maps share one scale, so that they compare.
+    ground truth | DDPM-SR mean | mean model | |truth - mean model| | DDPM-SR std | model std
+    (| exact posterior std, on the testbed), as one uint8 image. The error and std tiles are
+    grey (averaged over the colour channels); the std maps share one scale, so that they compare.
     """
     gray = lambda a: np.repeat(a.mean(axis=-1, keepdims=True), 3, axis=-1)  # noqa: E731
     error = gray(np.abs(truth - model_mean))
-    ddpm_std, model_std = np.sqrt(gray(ddpm_var)), np.sqrt(gray(np.maximum(model_var, 0)))
-    std_max = max(ddpm_std.max(), model_std.max(), 1e-12)
-    tiles = [truth, ddpm_mean, model_mean, error / max(error.max(), 1e-12) * 255,
-             ddpm_std / std_max * 255, model_std / std_max * 255]
+    stds = [np.sqrt(gray(np.maximum(v, 0))) for v in (ddpm_var, model_var, exact_var) if v is not None]
+    std_max = max(max(s.max() for s in stds), 1e-12)
+    tiles = [truth, ddpm_mean, model_mean, error / max(error.max(), 1e-12) * 255, *(s / std_max * 255 for s in stds)]
     return np.concatenate([np.clip(np.round(t), 0, 255).astype(np.uint8) for t in tiles], axis=1)
 
 
 def save_grid(rows, names, path):
-    """A paper-style grid: one row per image, the six columns titled."""
+    """A paper-style grid: one row per image, the columns (six, or seven on the testbed) titled."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -173,9 +172,10 @@ def save_grid(rows, names, path):
 
     n = len(rows)
     size = rows[0].shape[0]
-    fig, axes = plt.subplots(n, 6, figsize=(12, 2 * n + 0.4), squeeze=False)
+    columns = rows[0].shape[1] // size
+    fig, axes = plt.subplots(n, columns, figsize=(2 * columns, 2 * n + 0.4), squeeze=False)
     for r, (row, name) in enumerate(zip(rows, names)):
-        for c in range(6):
+        for c in range(columns):
             ax = axes[r][c]
             ax.imshow(row[:, c * size:(c + 1) * size])
             ax.set_xticks([])
@@ -273,7 +273,7 @@ def verify(args):
         if testbed:
             exact = exact_posterior(testbed, truth_chw, args.small_size, args.num_samples, name_seed(name))
         per_image.append(image_metrics(truth, ddpm_mean, ddpm_var, model_mean, model_var, exact, samples))
-        tiles = six_tiles(truth, ddpm_mean, model_mean, ddpm_var, model_var)
+        tiles = figure_tiles(truth, ddpm_mean, model_mean, ddpm_var, model_var, exact["var"] if exact else None)
         save_png(tiles, os.path.join(args.log_dir, "figures", f"{name}.png"))
         if i < args.max_tensorboard_images:
             logger.write_image("results", tiles, i + 1)

@@ -22,6 +22,11 @@ def test_mini_script_end_to_end(tmp_path):
     assert {"mean", "var", "exact", "calibration", "mc_floor", "split_half", "ci95"} <= set(results["sr"])
     assert {"var_model_vs_target", "var_ratio", "var_ratio_by_scale"} <= set(results["sr"]["exact"])
     assert all(os.path.exists(p) for p in results["figures"]) and len(results["figures"]) >= 4
+    # on the testbed each figure adds the exact posterior std: seven tiles of 32 px
+    from PIL import Image
+
+    figure = next((out / "logs" / "sr_compare" / "figures").iterdir())
+    assert Image.open(figure).size == (7 * 32, 32)
     text = (out / "results.md").read_text()
     assert "paper's test accuracy" in text and "exact posterior mean" in text
     assert "Monte Carlo floor" in text and "split-half floor" in text and "its target Var + (m - E)^2" in text
