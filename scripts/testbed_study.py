@@ -26,6 +26,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from guided_diffusion import logger  # noqa: E402
@@ -87,7 +89,7 @@ def train_wave(runs, parallel):
         for _, args in runs:
             stage(args, ROOT)
         return
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1" if len(runs) > 1 else str(os.cpu_count() or 1))
     procs = [(name, subprocess.Popen([sys.executable, os.path.join(ROOT, args[0]), *args[1:]], cwd=ROOT, env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
              for name, args in runs]
@@ -118,10 +120,12 @@ def main():
                str(a.small_size), "--length_scale", str(a.length_scale), "--num_train", str(a.num_train),
                "--num_eval", str(a.num_eval), "--seed", str(a.seed)], ROOT)
     small_info = os.path.join(data, "train_small_info.pkl")
-    if not os.path.exists(small_info):  # the first small_train training images, with their classes
+    if not os.path.exists(small_info):  # small_train training images drawn at random (all scales), with their classes
         info = load_pickle(os.path.join(data, "train_data_info.pkl"))
+        everything = sorted((n, s) for s, v in info.items() for n in v["file_names"])
+        picks = np.random.default_rng(a.seed).choice(len(everything), a.small_train, replace=False)
         subset = {}
-        for name, synset in sorted((n, s) for s, v in info.items() for n in v["file_names"])[:a.small_train]:
+        for name, synset in (everything[i] for i in sorted(picks)):
             subset.setdefault(synset, {"y": info[synset]["y"], "file_names": []})["file_names"].append(name)
         atomic_write(small_info, lambda f: pickle.dump(subset, f))
 
