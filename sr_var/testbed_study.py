@@ -179,8 +179,6 @@ def _outputs(run_dir_logs, checkpoint, kind, images, mean_model=None, model=None
 
 def forward_seconds(out_dir, images, steps):
     """Seconds per image of one forward pass of the final mean model, and of the variance model with it."""
-    import time
-
     def timed(fn):
         fn()  # warm-up
         start = time.perf_counter()
