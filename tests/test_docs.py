@@ -238,21 +238,26 @@ def documented_commands():
         for lang, block in fenced_blocks(read_lines(doc)):
             if lang not in ("bash", "sh", "shell", "console"):
                 continue
-            variables = {}
-            for number, text in logical_lines(block):
-                try:
-                    words = shell_words(text)
-                except ValueError as e:
-                    raise AssertionError(f"{rel(doc)}:{number}: cannot read the command line ({e}): {text}")
-                for command in simple_commands(words):
-                    if len(command) == 1 and ASSIGNMENT.match(command[0]):
-                        name, value = ASSIGNMENT.match(command[0]).groups()
-                        variables[name] = shlex.split(value)
-                        continue
-                    target = project_target(expand(strip_prefixes(command), variables))
-                    if target:
-                        found.append((doc, number) + target)
+            found += [(doc, number) + target for number, target in block_commands(block, rel(doc))]
     return found
+
+
+def block_commands(block, where):
+    """(line number, project target) for each command of one shell block, with its variables expanded."""
+    variables = {}
+    for number, text in logical_lines(block):
+        try:
+            words = shell_words(text)
+        except ValueError as e:
+            raise AssertionError(f"{where}:{number}: cannot read the command line ({e}): {text}")
+        for command in simple_commands(words):
+            if len(command) == 1 and ASSIGNMENT.match(command[0]):
+                name, value = ASSIGNMENT.match(command[0]).groups()
+                variables[name] = shlex.split(value)
+                continue
+            target = project_target(expand(strip_prefixes(command), variables))
+            if target:
+                yield number, target
 
 
 HELP_RUNNER = r"""
@@ -332,16 +337,7 @@ def test_the_checker_reads_shell_lines_as_the_shell_does():
         "cd x && python -m noisy_mnist.figures r.json out; bash scripts/test.sh -k testbed",
         "python -m pytest -q tests/test_docs.py",
     ], 1))
-    variables, seen = {}, []
-    for number, text in logical_lines(block):
-        for command in simple_commands(shell_words(text)):
-            if len(command) == 1 and ASSIGNMENT.match(command[0]):
-                name, value = ASSIGNMENT.match(command[0]).groups()
-                variables[name] = shlex.split(value)
-                continue
-            target = project_target(expand(strip_prefixes(command), variables))
-            if target:
-                seen.append((number,) + target)
+    seen = [(number,) + target for number, target in block_commands(block, "test")]
     assert seen == [
         (3, "python", "ddpm_sr_sample.py", ["--large_size", "32", "--small_size", "8", "--seed", "1"],
          "ddpm_sr_sample.py"),
