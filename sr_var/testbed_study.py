@@ -22,6 +22,7 @@ from .data import area_downsample, flatten_data_info, load_all_images, load_data
 from .data import to_float
 from .models import build_model, mean_and_var_input
 from .testbed import load_testbed, quantize
+from .verification import ddpm_ground_truth
 
 COVERAGE_KS = (1, 2, 3)
 FRESH_SAMPLES = 20  # exact posterior draws per image that the intervals are checked against
@@ -113,8 +114,6 @@ def _ideal_ddpm_reference(out_dir, data_dir, images, count, num_samples, seed):
     import subprocess
     import sys
 
-    from .data import read_image
-
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     idx = np.linspace(0, len(images.names) - 1, count).round().astype(int)
     subset = {}
@@ -138,12 +137,10 @@ def _ideal_ddpm_reference(out_dir, data_dir, images, count, num_samples, seed):
     subprocess.run(args, cwd=root, env=dict(os.environ, PYTHONPATH=root), check=True, capture_output=True)
     seconds_per_image = (time.time() - start) / count
     means, variances = [], []
-    for i in idx:
-        folder = os.path.join(out_dir, "ideal_ddpm", images.names[i], "high_res_samples")
-        s = np.stack([read_image(os.path.join(folder, f"sample_{j}.png")) for j in range(num_samples)])
-        s = np.moveaxis(s.astype(np.float64), -1, 1)  # [N, C, H, W] like the exact moments here
-        means.append(np.clip(s.mean(0), 0, 255))
-        variances.append(s.var(0))
+    for i in idx:  # the verification's own moments of the samples, HWC -> CHW like the exact moments here
+        mean, var, _ = ddpm_ground_truth(os.path.join(out_dir, "ideal_ddpm"), images.names[i], num_samples)
+        means.append(np.moveaxis(mean, -1, 0))
+        variances.append(np.moveaxis(var, -1, 0))
     sub = _Subset(images, idx)
     return {"mean": _summary(_mean_scores(sub, np.stack(means))),
             "var": _summary(_var_scores(sub, np.stack(means), np.stack(variances)), list(sub.ks),
