@@ -8,7 +8,7 @@ import numpy as np
 from . import gaussian_diffusion as gd
 from .cli import UserError, add_dict_to_argparser, args_to_dict, str2bool  # noqa: F401 (public API)
 from .respace import SpacedDiffusion, space_timesteps
-from .unet import PlainUNetModel, SuperResModel, UNetModel, VarianceModel
+from .unet import PlainUNetModel, PrincipalComponentsModel, SuperResModel, UNetModel, VarianceModel
 
 NUM_CLASSES = 1000
 
@@ -275,6 +275,11 @@ def var_model_defaults():
     return dict(mean_model_defaults(), last_layer_type="none")
 
 
+def pc_model_defaults():
+    """The posterior principal components model (pc_model_args.pkl): the mean model's flags and K."""
+    return dict(mean_model_defaults(), num_pcs=5)
+
+
 def _plain_unet_kwargs(large_size, model_channels, num_res_blocks, attention_resolutions, dropout,
                        channel_mult, conv_resample, dims, use_checkpoint, use_fp16, num_heads,
                        num_head_channels, num_heads_upsample, resblock_updown, use_new_attention_order,
@@ -327,4 +332,26 @@ def create_var_model(large_size, small_size, in_channels, model_channels, out_ch
                              channel_mult, conv_resample, dims, use_checkpoint, use_fp16, num_heads,
                              num_head_channels, num_heads_upsample, resblock_updown,
                              use_new_attention_order, out_channels),
+    )
+
+
+def create_pc_model(large_size, small_size, in_channels, model_channels, out_channels, num_res_blocks,
+                    attention_resolutions, dropout, channel_mult, conv_resample, dims, use_checkpoint,
+                    use_fp16, num_heads, num_head_channels, num_heads_upsample, resblock_updown,
+                    use_new_attention_order, num_pcs):
+    """
+    The principal components model: input [low-res, mean-model output], output num_pcs
+    orthonormal directions of out_channels-channel images and the variance along each.
+    """
+    del small_size
+    if num_pcs < 1:
+        raise ValueError(f"num_pcs {num_pcs} must be at least 1")
+    return PrincipalComponentsModel(
+        in_channels=in_channels,
+        image_channels=out_channels,
+        num_pcs=num_pcs,
+        **_plain_unet_kwargs(large_size, model_channels, num_res_blocks, attention_resolutions, dropout,
+                             channel_mult, conv_resample, dims, use_checkpoint, use_fp16, num_heads,
+                             num_head_channels, num_heads_upsample, resblock_updown,
+                             use_new_attention_order, num_pcs * (out_channels + 1)),
     )

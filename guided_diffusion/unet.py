@@ -543,3 +543,47 @@ class VarianceModel(PlainUNetModel):
 
     def forward(self, x):
         return self.last_layer(super().forward(x))
+
+
+def gram_schmidt(vectors, eps=1e-12):
+    """
+    Orthonormalise vectors [B, K, D] along K, in order (modified Gram-Schmidt). Each
+    vector's gradient stops at the vectors before it: trained to capture variance, the k-th
+    then captures what the first k - 1 leave, which orders them as principal components.
+    """
+    done = []
+    for k in range(vectors.shape[1]):
+        v = vectors[:, k]
+        for q in done:
+            q = q.detach()
+            v = v - (v * q).sum(dim=-1, keepdim=True) * q
+        done.append(v / v.norm(dim=-1, keepdim=True).clamp(min=eps))
+    return th.stack(done, dim=1)
+
+
+class PrincipalComponentsModel(PlainUNetModel):
+    """
+    Posterior principal components in one forward pass, after NPPC (Nehme et al., NeurIPS
+    2023): a plain UNet on [low-res, mean-model output] (twice `in_channels`) whose last
+    layer has K direction images and K variance maps. forward(x) returns the directions,
+    orthonormal as flat vectors [B, K, C, H, W] (float32), and the variance along each [B, K]
+    (the spatial mean of its map), both in [-1, 1] units.
+    """
+
+    def __init__(self, image_size, in_channels, image_channels, num_pcs, *args, **kwargs):
+        super().__init__(image_size, in_channels * 2, *args, **kwargs)
+        if num_pcs < 1 or self.out_channels != num_pcs * (image_channels + 1):
+            raise ValueError(f"num_pcs {num_pcs} must be at least 1, with out_channels K * (C + 1)")
+        self.num_pcs, self.image_channels = num_pcs, image_channels
+        # The last conv starts at zero (guided-diffusion's zero_module), and a zero vector has
+        # no direction: the direction channels start from PyTorch's default conv init instead.
+        conv = self.out[-1]
+        with th.no_grad():
+            nn.init.kaiming_uniform_(conv.weight[:num_pcs * image_channels], a=math.sqrt(5))
+
+    def forward(self, x):
+        raw = super().forward(x).float()
+        B, _, H, W = raw.shape
+        K, C = self.num_pcs, self.image_channels
+        directions = gram_schmidt(raw[:, :K * C].reshape(B, K, C * H * W)).reshape(B, K, C, H, W)
+        return directions, raw[:, K * C:].mean(dim=(2, 3))

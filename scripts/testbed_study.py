@@ -1,17 +1,22 @@
 """
-Theorem 2.2 to convergence on the exact testbed: the mean and variance models trained with
-the stage scripts (sr_mean_train.py, sr_var_train.py: the project's one training loop), every
-checkpoint scored in closed form against the exact posterior on held-out images:
+Theorem 2.2 to convergence on the exact testbed: the mean, variance and principal components
+models trained with the stage scripts (sr_mean_train.py, sr_var_train.py, sr_pc_train.py: the
+project's one training loop), every checkpoint scored in closed form against the exact
+posterior on held-out images:
 
     mean model      MSE / PSNR against E[x | y]
     variance model  var and std error against Var[x | y] and against what it learns,
                     Var[x | y] + (m(y) - E[x | y])^2; the variance ratio per mixture scale
-    both            calibration: the share of fresh exact posterior samples within k model std
+    PC model        its top --num_pcs directions and variances against the exact Cov[x | y]:
+                    subspace overlap, captured variance, each variance against the variance
+                    along its direction (sr_pc_train.py on x - m(y), and on x - E[x | y])
+    mean and var    calibration: the share of fresh exact posterior samples within k model std
                     of the model mean (k = 1, 2, 3)
 
 beside reference lines: bilinear upsampling, N exact posterior samples (the Monte Carlo
 floor) and N ideal-DDPM-SR samples (the testbed's perfect upsampler sampled as the paper
-samples, 250 steps, on --reference_images of the images). Two ablations train alongside:
+samples, 250 steps, on --reference_images of the images), and the PCA of both (what N
+samples can see of the covariance). Two ablations train alongside:
 the mean model on 4,000 instead of 40,000 images, the variance model with --last_layer_type
 exp. Writes {out_dir}/results.json, results.md and convergence.png; every stage resumes.
 
@@ -36,6 +41,7 @@ from guided_diffusion.io_util import atomic_write, load_pickle, record_run_flags
 from sr_var.testbed_study import (  # noqa: E402
     crossings,
     forward_seconds,
+    pc_reference_lines,
     reference_lines,
     score_checkpoints,
     study_images,
@@ -49,7 +55,7 @@ MODEL_FLAGS = ("--attention_resolutions 16,8 --model_channels 32 --num_heads 4 -
 def defaults():
     return dict(out_dir="outputs/testbed_study", large_size=32, small_size=8, length_scale=2.0, num_train=40000,
                 small_train=4000, num_eval=100, steps=1200, eval_every=100, batch_size=16, lr=1e-3,
-                reference_images=24, reference_samples=100, seed=0, parallel=True)
+                reference_images=24, reference_samples=100, num_pcs=5, seed=0, parallel=True)
 
 
 def stage(args, cwd, env=None):
@@ -64,7 +70,7 @@ def stage(args, cwd, env=None):
 
 
 def training_runs(a, out):
-    """The four trainings: (name, script, extra flags); the variance runs need the main mean run."""
+    """The trainings in three waves: (name, [script, flags]); the variance and PC runs need the main mean run."""
     sizes = ["--large_size", str(a.large_size), "--small_size", str(a.small_size)]
     common = [*MODEL_FLAGS, *sizes, "--data_dir", f"{out}/data/images", "--batch_size", str(a.batch_size),
               "--lr", str(a.lr), "--lr_anneal_steps", str(a.steps), "--max_step", str(a.steps),
@@ -78,9 +84,12 @@ def training_runs(a, out):
                                           "--last_layer_type", "none", *mean_run]),
               ("var_exp", "sr_var_train.py", ["--data_info_dict_path", f"{out}/data/train_data_info.pkl",
                                               "--last_layer_type", "exp", *mean_run])]
+    pc = ["--data_info_dict_path", f"{out}/data/train_data_info.pkl", "--num_pcs", str(a.num_pcs)]
+    third = [("pc", "sr_pc_train.py", [*pc, *mean_run]),  # on x - m(y), m the trained mean model
+             ("pc_exact_mean", "sr_pc_train.py", [*pc, "--mean_model_path", f"{out}/data/testbed.json"])]
     full = lambda runs: [(n, [s, *common, *extra, "--log_dir", f"{out}/logs/{n}",  # noqa: E731
                               "--model_save_dir", f"{out}/checkpoints/{n}"]) for n, s, extra in runs]
-    return full(first), full(second)
+    return full(first), full(second), full(third)
 
 
 def train_wave(runs, parallel):
@@ -104,6 +113,9 @@ def main():
     a = create_argparser(defaults(), description=__doc__).parse_args()
     if a.small_train >= a.num_train:
         raise UserError(f"--small_train {a.small_train} should be below --num_train {a.num_train}")
+    if not 1 <= a.num_pcs < a.reference_samples:
+        raise UserError(f"--num_pcs {a.num_pcs} should be at least 1 and below --reference_samples "
+                        f"{a.reference_samples} (N samples have at most N - 1 principal components)")
     if a.eval_every > a.steps:
         raise UserError(f"--eval_every {a.eval_every} should be at most --steps {a.steps}")
     out = os.path.abspath(a.out_dir)
@@ -129,9 +141,9 @@ def main():
             subset.setdefault(synset, {"y": info[synset]["y"], "file_names": []})["file_names"].append(name)
         atomic_write(small_info, lambda f: pickle.dump(subset, f))
 
-    first, second = training_runs(a, out)
+    waves = training_runs(a, out)
     final = f"model{a.steps:06d}.pt"
-    for wave in (first, second):
+    for wave in waves:
         todo = [(name, args) for name, args in wave
                 if not os.path.exists(os.path.join(out, "checkpoints", name, final))]
         if todo:
@@ -141,9 +153,10 @@ def main():
 
     images = study_images(data, a.large_size, a.small_size)
     refs = reference_lines(out, data, images, a.reference_images, a.reference_samples, a.seed)
-    scores = score_checkpoints(out, images, [n for n, _ in first + second], a.steps)
-    mean_s, var_s = forward_seconds(out, images, a.steps)
-    cost = dict(mean_model_s=mean_s, var_model_s=var_s,
+    refs["pcs"] = pc_reference_lines(out, images, a.reference_samples, a.num_pcs, a.seed)
+    scores = score_checkpoints(out, images, [n for wave in waves for n, _ in wave], a.steps)
+    mean_s, var_s, pc_s = forward_seconds(out, images, a.steps)
+    cost = dict(mean_model_s=mean_s, var_model_s=var_s, pc_model_s=pc_s,
                 ideal_ddpm_s=refs["ideal_ddpm"]["seconds_per_image"])
     results = dict(config=vars(a), references=refs, scores=scores, cost=cost, wall_time_s=time.time() - start)
     results["crossings"] = crossings(results)

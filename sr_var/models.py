@@ -1,12 +1,14 @@
 """
-Building the mean and variance models from flags or from the args pickles of a run
-(`mean_model_args.pkl`, `var_model_args.pkl`), with the checks that turn a contradiction
-between them, or a checkpoint that does not fit, into a one-line error.
+Building the mean, variance and principal components models from flags or from the
+args pickles of a run (`mean_model_args.pkl`, `var_model_args.pkl`, `pc_model_args.pkl`),
+with the checks that turn a contradiction between them, or a checkpoint that does not fit,
+into a one-line error.
 """
 
 import argparse
 import os
 
+import numpy as np
 import torch as th
 
 from guided_diffusion import dist_util, logger
@@ -15,11 +17,21 @@ from guided_diffusion.io_util import load_model_weights, load_pickle
 from guided_diffusion.script_util import (
     MEAN_FLAG_NAMES,
     create_mean_model,
+    create_pc_model,
     create_var_model,
     mean_model_defaults,
     parse_channel_mult,
+    pc_model_defaults,
     var_model_defaults,
 )
+
+from .data import bilinear_upsample
+from .testbed import is_testbed_file, load_testbed
+
+# kind -> (the model's flags with their defaults, the function that builds it)
+MODEL_KINDS = {"mean": (mean_model_defaults, create_mean_model),
+               "var": (var_model_defaults, create_var_model),
+               "pc": (pc_model_defaults, create_pc_model)}
 
 # Flags of the args pickles that choose how a model runs, not what it is.
 RUNTIME_FLAGS = {"use_fp16", "use_checkpoint", "dropout"}
@@ -55,7 +67,7 @@ def model_args_for_run(args, explicit, kind, pickle_path, fresh_run=False):
     (`fresh_run`) takes the command line's and refuses an args pickle that holds other
     flags: the log_dir belongs to another run, whose checkpoints it describes.
     """
-    defaults = mean_model_defaults() if kind == "mean" else var_model_defaults()
+    defaults = MODEL_KINDS[kind][0]()
     if os.path.exists(pickle_path):
         saved = load_pickle(pickle_path, what=f"{kind}-model args pickle")
         if not isinstance(saved, dict) or set(saved) - set(defaults):
@@ -77,16 +89,48 @@ def model_args_for_run(args, explicit, kind, pickle_path, fresh_run=False):
 
 def build_model(kind, model_args):
     try:
-        return (create_mean_model if kind == "mean" else create_var_model)(**model_args)
+        return MODEL_KINDS[kind][1](**model_args)
     except (ValueError, TypeError, AssertionError) as e:
         raise UserError(f"cannot build the {kind} model from its flags: {e}") from None
+
+
+class ExactMeanModel(th.nn.Module):
+    """
+    The exact testbed's posterior mean E[x | y] = M y as a mean model (an oracle): forward
+    takes the bilinear low-res input as a trained mean model does. Bilinear upsampling has
+    full column rank, so y is recovered from it exactly (least squares); the whole map is
+    one fixed linear operator per channel.
+    """
+
+    def __init__(self, testbed):
+        super().__init__()
+        p = testbed.params
+        n = p.small_size ** 2
+        basis = th.eye(n, dtype=th.float64).reshape(n, 1, p.small_size, p.small_size)
+        upsample = bilinear_upsample(basis, p.large_size).reshape(n, -1).T  # [H*W, h*w]
+        posterior_mean = np.kron(testbed.M1, testbed.M1)  # y (h*w) -> E[x | y] (H*W), per channel
+        operator = posterior_mean @ np.linalg.pinv(upsample.numpy())
+        self.register_buffer("operator", th.as_tensor(operator, dtype=th.float32))
+        self.large_size = p.large_size
+
+    def forward(self, low_res_up):
+        B, C, H, W = low_res_up.shape
+        return (low_res_up.float().reshape(B * C, H * W) @ self.operator.T).reshape(B, C, H, W)
 
 
 def load_mean_model(mean_model_path, mean_model_args_path, device, use_fp16, sizes=None):
     """
     The trained mean model (eval mode) that the variance stages need; `sizes` (large, small)
-    are the variance model's, which the mean run must share.
+    are the variance model's, which the mean run must share. A testbed description
+    (testbed.json) as --mean_model_path gives its exact posterior mean (ExactMeanModel).
     """
+    if is_testbed_file(mean_model_path):
+        testbed = load_testbed(mean_model_path, "mean_model_path")
+        p = testbed.params
+        if sizes is not None and (p.large_size, p.small_size) != tuple(sizes):
+            raise UserError(f"the testbed {mean_model_path!r} is {p.small_size}->{p.large_size} px, the model "
+                            f"{sizes[1]}->{sizes[0]} px; set --small_size / --large_size to match")
+        return ExactMeanModel(testbed).to(device).eval()
     if not mean_model_args_path:
         raise UserError("--mean_model_args_path is required (the mean run's log_dir/mean_model_args.pkl)")
     saved = load_pickle(mean_model_args_path, "mean_model_args_path", what="mean-model args pickle")
@@ -108,7 +152,7 @@ def load_mean_model(mean_model_path, mean_model_args_path, device, use_fp16, siz
 
 
 def mean_and_var_input(mean_model, low_res_up):
-    """The variance model's input [low-res, mean] and the mean itself (no gradients)."""
+    """The variance (and PC) model's input [low-res, mean] and the mean itself (no gradients)."""
     with th.no_grad():
         mean = mean_model(low_res_up).float()
     return th.cat([low_res_up, mean], dim=1), mean

@@ -10,6 +10,7 @@ area (box) downsampling by the SR factor. With M = S D^T (D S D^T)^-1 and C0 = S
     p(k | y)       ~ pi_k N(y; 0, s_k^2 D S D^T)
     E[x | y]       = M y                       (the same for every k)
     Var[x_i | y]   = E[s^2 | y] C0_ii          (its level changes from image to image)
+    Cov[x | y]     = E[s^2 | y] C0             (the principal directions are C0's, for every y)
 
 Everything factorises over channels, rows and columns, and one eigendecomposition of
 C0 = R (x) C0s makes the exact denoiser of a diffusion sampler cheap (`denoise`).
@@ -141,6 +142,23 @@ class GaussianScaleMixture:
         noise = np.einsum("ca,nai,ji->ncj", self.R_sqrt, z, self.C0s_sqrt, optimize=True)
         noise = noise.reshape(n, p.channels, p.large_size, p.large_size)
         return self.posterior_mean(y)[None] + self.scales[k][:, None, None, None] * noise
+
+    # -- numpy: the posterior covariance in C0's eigenbasis ----------------------------------------
+
+    def posterior_covariance_eigenvalues(self, y):
+        """Eigenvalues of Cov[x | y] = E[s^2 | y] C0 for one low-res image y [C, h, w]: [C, H*W]."""
+        return float(self.component_posterior(y) @ self.scales ** 2) * self.lam
+
+    def to_eigen(self, images):
+        """U^T x: images [..., C, H, W] -> coordinates [..., C, H*W] in C0's eigenbasis."""
+        flat = images.reshape(*images.shape[:-2], self.params.large_size ** 2)
+        return np.einsum("ca,...cn,nm->...am", self.U_r, flat, self.U_s, optimize=True)
+
+    def eigenvectors(self, flat_indices):
+        """C0's eigenvectors [k, C, H, W] at flat indices into the [C, H*W] eigenvalue layout."""
+        c, j = np.unravel_index(np.asarray(flat_indices), self.lam.shape)
+        vectors = self.U_r[:, c].T[:, :, None] * self.U_s[:, j].T[:, None, :]  # [k, C, H*W]
+        return vectors.reshape(len(c), self.params.channels, self.params.large_size, self.params.large_size)
 
     # -- torch: the exact denoiser of a diffusion sampler ----------------------------------------
 

@@ -1,8 +1,9 @@
 """
-Scoring for scripts/testbed_study.py: trained mean / variance checkpoints against the exact
-posterior in closed form, and the reference lines (bilinear, N exact posterior samples, N
-ideal-DDPM-SR samples). All in [0, 255] units (variances in [0, 255]^2), per image, then
-averaged over images with 95% bootstrap intervals.
+Scoring for scripts/testbed_study.py: trained mean / variance / principal components
+checkpoints against the exact posterior in closed form, and the reference lines (bilinear,
+N exact posterior samples, N ideal-DDPM-SR samples, and the PCA of both). All in [0, 255]
+units (variances in [0, 255]^2), per image, then averaged over images with 95% bootstrap
+intervals.
 """
 
 import json
@@ -18,9 +19,10 @@ from guided_diffusion.script_util import MEAN_FLAG_NAMES
 from guided_diffusion.train_util import list_checkpoints, parse_resume_step_from_filename
 
 from . import metrics
+from . import principal_components as pcs
 from .data import area_downsample, flatten_data_info, load_all_images, load_data_info, low_res_input, resolve_images
 from .data import to_float
-from .models import build_model, mean_and_var_input
+from .models import ExactMeanModel, build_model, mean_and_var_input
 from .testbed import load_testbed, quantize
 from .verification import ddpm_ground_truth
 
@@ -48,6 +50,19 @@ class StudyImages:
         rng = np.random.default_rng(seed)
         self.fresh = np.stack([(tb.sample_posterior(yi, FRESH_SAMPLES, rng) + 1) * 127.5 for yi in y])  # [N, S, ...]
         self.y = y
+        self._covariances = {}
+
+    def covariance(self, i):
+        """The exact Cov[x | y] of image i (pcs.ExactCovariance, HWC-flat vectors)."""
+        if i not in self._covariances:
+            self._covariances[i] = pcs.ExactCovariance(self.testbed, self.y[i])
+        return self._covariances[i]
+
+
+def hwc_flat(chw):
+    """[..., K, C, H, W] -> [..., K, H*W*C], the verification's layout of a direction."""
+    hwc = np.moveaxis(chw, -3, -1)
+    return hwc.reshape(*hwc.shape[:-3], -1)
 
 
 def study_images(data_dir, large_size, small_size):
@@ -78,12 +93,65 @@ def _var_scores(images, mean, var):
 
 
 def _summary(per_image, ks=None, scales=None):
+    """Means with intervals; with the images' components, the variance ratio (or captured variance) per scale."""
     summary = {**metrics.average(per_image), "ci95": metrics.bootstrap_interval(per_image)}
-    if ks is not None and "var_ratio" in per_image[0]:
-        summary["var_ratio_by_scale"] = {
-            f"s={scales[k]:g}": float(np.mean([r["var_ratio"] for r, kk in zip(per_image, ks) if kk == k]))
-            for k in sorted(set(ks))}
+    for key in ("var_ratio", "captured"):
+        if ks is not None and key in per_image[0]:
+            summary[f"{key}_by_scale"] = {
+                f"s={scales[k]:g}": float(np.mean([r[key] for r, kk in zip(per_image, ks) if kk == k]))
+                for k in sorted(set(ks))}
     return summary
+
+
+def _pc_scores(images, mean, directions, variances, idx=None):
+    """
+    A PC model's directions [N, K, C, H, W] and variances [N, K] against the exact covariance:
+    pcs.compare (overlap with the exact top K, captured variance, each variance against the
+    variance along its direction and against the exact eigenvalue), and the captured share
+    of what it learns, Cov + b b^T with b = E[x | y] - m(y). With variances None (a sample
+    PCA): overlap and captured only. idx: the study images the rows belong to.
+    """
+    idx = range(len(directions)) if idx is None else idx
+    per_image = []
+    for row, i in enumerate(idx):
+        cov, dirs = images.covariance(i), hwc_flat(directions[row])
+        along = cov.along(dirs)
+        ref_dirs, ref_vals = cov.top(len(dirs))
+        result = pcs.compare(dirs, None if variances is None else variances[row], along, ref_dirs, ref_vals)
+        if mean is not None:
+            bias = hwc_flat((images.exact_mean[i] - mean[row])[None])[0]
+            result["captured_vs_target"] = pcs.captured(along + (dirs @ bias) ** 2,
+                                                        cov.top_eigenvalues_plus(bias, len(dirs)))
+        per_image.append(result)
+    return per_image
+
+
+def _sample_pcs(samples, k):
+    """The top-k PCs [K, C, H, W] of samples [S, C, H, W]."""
+    dirs, _ = pcs.sample_pcs(hwc_flat(samples), k)
+    return np.moveaxis(dirs.reshape(k, *samples.shape[-2:], samples.shape[-3]), -1, -3)
+
+
+def pc_reference_lines(out_dir, images, num_samples, num_pcs, seed):
+    """The PCA of the N exact posterior samples (the same draws as reference_lines) and of the ideal-DDPM-SR samples."""
+    path = os.path.join(out_dir, f"pc_references_{num_pcs}.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    tb, ks, scales = images.testbed, images.ks, images.testbed.scales
+    rng = np.random.default_rng(seed + 1)
+    mc = np.stack([_sample_pcs(quantize(tb.sample_posterior(yi, num_samples, rng)).astype(np.float64), num_pcs)
+                   for yi in images.y])
+    refs = {"mc_floor": {**_summary(_pc_scores(images, None, mc, None), ks, scales), "num_samples": num_samples}}
+    with open(os.path.join(out_dir, "references.json")) as f:
+        count = json.load(f)["ideal_ddpm"]["num_images"]
+    idx = np.linspace(0, len(images.names) - 1, count).round().astype(int)
+    ddpm = np.stack([_sample_pcs(np.moveaxis(ddpm_ground_truth(os.path.join(out_dir, "ideal_ddpm"), images.names[i],
+                                                               num_samples)[2], -1, -3), num_pcs) for i in idx])
+    refs["ideal_ddpm"] = {**_summary(_pc_scores(images, None, ddpm, None, idx), [ks[i] for i in idx], scales),
+                          "num_images": int(len(idx)), "num_samples": num_samples}
+    save_json(refs, path)
+    return refs
 
 
 def reference_lines(out_dir, data_dir, images, reference_images, num_samples, seed):
@@ -167,15 +235,20 @@ def _outputs(run_dir_logs, checkpoint, kind, images, mean_model=None, model=None
             x = images.low_res_up[i:i + 50]
             if kind == "mean":
                 outs.append(model(x).double())
+            elif kind == "pc":
+                directions, variances = model(mean_and_var_input(mean_model, x)[0])
+                outs.append((directions.double(), variances.double()))
             else:
                 inputs, _ = mean_and_var_input(mean_model, x)
                 outs.append(model(inputs).double())
+    if kind == "pc":  # (directions [N, K, C, H, W], variances [N, K] in [0, 255]^2 units)
+        return (th.cat([d for d, _ in outs]).numpy(), th.cat([v for _, v in outs]).numpy() * 127.5 ** 2), model
     out = th.cat(outs).numpy()
     return (out + 1) * 127.5 if kind == "mean" else out * 127.5 ** 2, model
 
 
 def forward_seconds(out_dir, images, steps):
-    """Seconds per image of one forward pass of the final mean model, and of the variance model with it."""
+    """Seconds per image of one forward pass of the final mean model, and of the variance and PC models with it."""
     def timed(fn):
         fn()  # warm-up
         start = time.perf_counter()
@@ -189,7 +262,11 @@ def forward_seconds(out_dir, images, steps):
     _, var_model = _outputs(os.path.join(out_dir, "logs", "var"), var_ckpt, "var", images, mean_model)
     var_s = timed(lambda: _outputs(os.path.join(out_dir, "logs", "var"), var_ckpt, "var", images, mean_model,
                                    model=var_model))
-    return mean_s, var_s
+    pc_ckpt = os.path.join(out_dir, "checkpoints", "pc", f"model{steps:06d}.pt")
+    _, pc_model = _outputs(os.path.join(out_dir, "logs", "pc"), pc_ckpt, "pc", images, mean_model)
+    pc_s = timed(lambda: _outputs(os.path.join(out_dir, "logs", "pc"), pc_ckpt, "pc", images, mean_model,
+                                  model=pc_model))
+    return mean_s, var_s, pc_s
 
 
 def score_checkpoints(out_dir, images, runs, steps):
@@ -197,22 +274,27 @@ def score_checkpoints(out_dir, images, runs, steps):
     scores = {}
     final_mean_model, final_mean = None, None
     for run in runs:
-        kind = "mean" if run.startswith("mean") else "var"
+        kind = "mean" if run.startswith("mean") else "pc" if run.startswith("pc") else "var"
         ckpt_dir, log_dir = os.path.join(out_dir, "checkpoints", run), os.path.join(out_dir, "logs", run)
-        if kind == "var" and final_mean_model is None:
+        if kind != "mean" and final_mean_model is None:
             final_mean, final_mean_model = _outputs(os.path.join(out_dir, "logs", "mean"),
                                                     os.path.join(out_dir, "checkpoints", "mean",
                                                                  f"model{steps:06d}.pt"), "mean", images)
+        run_mean, run_mean_model = final_mean, final_mean_model
+        if run.endswith("exact_mean"):  # trained on x - E[x | y]: the testbed's exact mean as its mean model
+            run_mean, run_mean_model = images.exact_mean, ExactMeanModel(images.testbed)
         scores[run] = []
         for name in list_checkpoints(ckpt_dir):
             step = parse_resume_step_from_filename(name)
             path = os.path.join(out_dir, "scores", run, f"{step:06d}.json")
             if not os.path.exists(path):
-                out, _ = _outputs(log_dir, os.path.join(ckpt_dir, name), kind, images, final_mean_model)
+                out, _ = _outputs(log_dir, os.path.join(ckpt_dir, name), kind, images, run_mean_model)
                 if kind == "mean":
                     s = _summary(_mean_scores(images, out))
+                elif kind == "pc":
+                    s = _summary(_pc_scores(images, run_mean, *out), images.ks, images.testbed.scales)
                 else:
-                    s = _summary(_var_scores(images, final_mean, out), images.ks, images.testbed.scales)
+                    s = _summary(_var_scores(images, run_mean, out), images.ks, images.testbed.scales)
                 save_json(dict(step=step, **s), path)
             with open(path) as f:
                 scores[run].append(json.load(f))
@@ -244,7 +326,9 @@ def crossings(results):
         if not rows:
             continue
         for ref in ("mc_floor", "ideal_ddpm"):
-            if run.startswith("mean"):
+            if run.startswith("pc"):  # the share of the top-K variance left uncaptured, against the PCA of N samples
+                out[f"{run} vs {ref}"] = crossing(rows, 1 - refs["pcs"][ref]["captured"], lambda r: 1 - r["captured"])
+            elif run.startswith("mean"):
                 out[f"{run} vs {ref}"] = crossing(rows, refs[ref]["mean"]["mse"], lambda r: r["mse"])
             else:
                 out[f"{run} vs {ref}"] = crossing(rows, refs[ref]["var"]["vs_var"]["var_error"],
@@ -308,11 +392,14 @@ def write_report(results, out_dir):
         proj = "–" if c.get("projected_step") is None else f"{c['projected_step']:,.0f}"
         lines.append(f"| {name} | {c['crossed_at'] if c['crossed_at'] is not None else 'not yet'} | {slope} | "
                      f"{proj} |")
+    if "pcs" in refs:
+        lines += _pc_table(results, last)
     cost = results.get("cost")
     if cost:
         lines += ["", "| per image | network evaluations | seconds on this CPU |", "|---|---|---|",
                   f"| mean model | 1 | {cost['mean_model_s']:.4f} |",
                   f"| variance model (with its mean model) | 2 | {cost['var_model_s']:.4f} |",
+                  f"| PC model, top {cfg['num_pcs']} (with its mean model) | 2 | {cost['pc_model_s']:.4f} |",
                   f"| {n} DDPM-SR samples x 250 steps | {n * 250:,} | {cost['ideal_ddpm_s']:.2f} (the testbed's "
                   f"exact denoiser, not a network) |"]
     text = "\n".join(lines) + "\n"
@@ -322,6 +409,38 @@ def write_report(results, out_dir):
     return text
 
 
+def _pc_table(results, last):
+    """The principal components: the PC models' last checkpoints and the PCA of N samples, against the exact Cov."""
+    refs, cfg = results["references"]["pcs"], results["config"]
+    k, n = cfg["num_pcs"], refs["mc_floor"]["num_samples"]
+
+    def cells(r, ci=True):
+        band = lambda key: f" [{r['ci95'][key][0]:.3f}, {r['ci95'][key][1]:.3f}]" if ci else ""  # noqa: E731
+        by = " / ".join(f"{v:.3f}" for v in r.get("captured_by_scale", {}).values())
+        return f"{r['overlap']:.3f}{band('overlap')} | {r['captured']:.3f}{band('captured')} ({by})"
+
+    def per_k(d):
+        return " / ".join(f"{d[str(i + 1)]:.2f}" for i in range(k))
+
+    lines = ["", f"Posterior principal components (top {k}) against the exact Cov[x|y]: subspace overlap (mean "
+             f"squared projection onto the exact top {k}), captured variance (sum of w_k^T Cov w_k over the sum of "
+             f"the top {k} eigenvalues; by scale), the model's variance sigma_k^2 over w_k^T Cov w_k and over the "
+             f"exact eigenvalue lambda_k:", "",
+             "| estimate | step | overlap [95% CI] | captured variance [95% CI] (by scale) | captured of its target "
+             "Cov + bb^T | sigma_k^2 / w_k^T Cov w_k | sigma_k^2 / lambda_k |", "|---|---|---|---|---|---|---|"]
+    for run, label in (("pc", "PC model on x - m(y), m the trained mean model"),
+                       ("pc_exact_mean", "PC model on x - E[x|y] (the exact mean as its mean model)")):
+        if run in last:
+            r = last[run]
+            lines.append(f"| {label} | {r['step']} | {cells(r)} | {r['captured_vs_target']:.3f} | "
+                         f"{per_k(r['variance_ratio'])} | {per_k(r['to_eigenvalue'])} |")
+    for key, label in (("mc_floor", f"PCA of {n} exact posterior samples"),
+                       ("ideal_ddpm", f"PCA of {n} ideal-DDPM-SR samples")):
+        r = refs[key]
+        lines.append(f"| {label} ({r.get('num_images', cfg['num_eval'])} images) | – | {cells(r)} | – | – | – |")
+    return lines
+
+
 def _figure(results, path):
     import matplotlib
 
@@ -329,7 +448,7 @@ def _figure(results, path):
     import matplotlib.pyplot as plt
 
     refs, scores = results["references"], results["scores"]
-    fig, (ax_mean, ax_var) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax_mean, ax_var, ax_pc) = plt.subplots(1, 3, figsize=(18, 4.5))
     cfg = results["config"]
     for run, label in (("mean", f"mean model, {cfg['num_train']:,} images"),
                        ("mean_small", f"mean model, {cfg['small_train']:,} images")):
@@ -349,9 +468,22 @@ def _figure(results, path):
     ax_var.axhline(refs["ideal_ddpm"]["var"]["vs_var"]["var_error"], color="tab:red", linestyle="-.",
                    label="ideal DDPM-SR")
     ax_var.set_title("variance model: var error")
-    for ax in (ax_mean, ax_var):
+    for run, label in (("pc", "PC model, trained mean"), ("pc_exact_mean", "PC model, exact mean")):
+        rows = scores.get(run, [])
+        ax_pc.plot([r["step"] for r in rows], [r["captured"] for r in rows], "o-", label=f"{label}: captured")
+        ax_pc.plot([r["step"] for r in rows], [r["overlap"] for r in rows], "s--", mfc="none",
+                   label=f"{label}: overlap")
+    if "pcs" in refs:
+        for key, color, label in (("mc_floor", "black", "PCA of exact samples"),
+                                  ("ideal_ddpm", "tab:red", "PCA of ideal DDPM-SR samples")):
+            ax_pc.axhline(refs["pcs"][key]["captured"], color=color, linestyle="--", label=f"{label}: captured")
+            ax_pc.axhline(refs["pcs"][key]["overlap"], color=color, linestyle=":", label=f"{label}: overlap")
+    ax_pc.set_title(f"principal components (top {results['config'].get('num_pcs', '?')}) vs exact Cov")
+    ax_pc.set_ylim(0, 1)
+    for ax in (ax_mean, ax_var, ax_pc):
         ax.set_xscale("log")
-        ax.set_yscale("log")
+        if ax is not ax_pc:
+            ax.set_yscale("log")
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)

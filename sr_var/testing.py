@@ -6,6 +6,9 @@ writing what the verification reads:
     {output_dir}/{file_name}/high_res_mean_{step}.png    the mean model's output
     {output_dir}/{file_name}/high_res_var_{step}.pkl     the variance model's output, float32
                                                          HWC in [0, 255]^2 units (x 127.5^2)
+    {output_dir}/{file_name}/high_res_pcs_{step}.npz     the PC model's output: directions
+                                                         [K, H, W, C] (unit flat vectors) and
+                                                         variances [K] in [0, 255]^2 units
 
 Images are sharded across ranks; a rerun skips images whose output exists.
 """
@@ -22,6 +25,7 @@ from guided_diffusion.script_util import MEAN_FLAG_NAMES
 
 from .data import flatten_data_info, iterate_images, load_data_info, low_res_input, resolve_images, to_float, to_uint8
 from .models import build_model, load_mean_model, mean_and_var_input, model_args_for_run, use_fp16_here
+from .principal_components import pcs_path, save_pcs
 from .visualize import std_to_uint8, tile
 
 VAR_SCALE = 127.5 ** 2  # [-1, 1]^2 units -> [0, 255]^2 units
@@ -55,11 +59,13 @@ def output_paths(output_dir, file_name, kind, step):
     if kind == "mean":
         return {"low_res": os.path.join(folder, "low_res.png"),
                 "mean": os.path.join(folder, f"high_res_mean_{step}.png")}
+    if kind == "pc":
+        return {"pcs": pcs_path(output_dir, file_name, step)}
     return {"var": os.path.join(folder, f"high_res_var_{step}.pkl")}
 
 
 def test(args, explicit, kind):
-    """The body of sr_mean_test.py (kind "mean") and sr_var_test.py (kind "var")."""
+    """The body of sr_mean_test.py (kind "mean"), sr_var_test.py ("var") and sr_pc_test.py ("pc")."""
     for flag in ("log_dir", "output_dir"):
         if not getattr(args, flag):
             raise UserError(f"--{flag} is required")
@@ -81,7 +87,7 @@ def test(args, explicit, kind):
     if use_fp16:
         model.convert_to_fp16()
     mean_model = None
-    if kind == "var":
+    if kind != "mean":
         mean_model = load_mean_model(args.mean_model_path, args.mean_model_args_path, device, use_fp16,
                                      sizes=(model_args["large_size"], model_args["small_size"]))
 
@@ -107,6 +113,10 @@ def test(args, explicit, kind):
             with th.no_grad():
                 if kind == "mean":
                     output = model(low_res_up).float()
+                elif kind == "pc":
+                    inputs, mean = mean_and_var_input(mean_model, low_res_up)
+                    directions, variances = model(inputs)
+                    output = directions * variances.clamp(min=0).sqrt()[:, :, None, None, None]  # sigma_k w_k
                 else:
                     inputs, mean = mean_and_var_input(mean_model, low_res_up)
                     output = model(inputs).float()
@@ -115,12 +125,20 @@ def test(args, explicit, kind):
                 if kind == "mean":
                     save_png(to_uint8(low_res_up[j]).permute(1, 2, 0).cpu().numpy(), out["low_res"])
                     save_png(to_uint8(output[j]).permute(1, 2, 0).cpu().numpy(), out["mean"])
+                elif kind == "pc":
+                    save_pcs(out["pcs"], directions[j].permute(0, 2, 3, 1).cpu().numpy(),
+                             variances[j].cpu().numpy() * VAR_SCALE)
                 else:
                     save_pickle((output[j] * VAR_SCALE).permute(1, 2, 0).cpu().numpy(), out["var"])
             if n_batch < args.max_tensorboard_batches:
                 shown = [to_uint8(low_res_up.cpu())]
-                shown += [to_uint8(output.cpu())] if kind == "mean" else [to_uint8(mean.cpu()),
-                                                                           std_to_uint8(output.cpu())]
+                if kind == "mean":
+                    shown += [to_uint8(output.cpu())]
+                elif kind == "pc":  # mean +- 2 sigma_k w_k for the first three
+                    shown += [to_uint8(mean.cpu())] + [to_uint8((mean + sign * 2 * output[:, k]).cpu())
+                                                       for k in range(min(3, output.shape[1])) for sign in (1, -1)]
+                else:
+                    shown += [to_uint8(mean.cpu()), std_to_uint8(output.cpu())]
                 logger.write_image(f"test_images_{step}", tile(shown), n_batch)
             bar.update(len(idx))
             check_stop(f"the {kind} test stopped with its outputs so far in {args.output_dir}; "

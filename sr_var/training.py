@@ -1,6 +1,7 @@
 """
-Training the mean model (MSE to x_hr) and the variance model (MSE to (x_hr - mean)^2)
-through the project's one TrainLoop.
+Training the mean model (MSE to x_hr), the variance model (MSE to (x_hr - mean)^2) and the
+principal components model (principal_components_loss of x_hr - mean) through the
+project's one TrainLoop.
 """
 
 import os
@@ -23,6 +24,7 @@ from .data import (
     training_batches,
 )
 from .models import build_model, load_mean_model, mean_and_var_input, model_args_for_run
+from .principal_components import principal_components_loss
 from .visualize import sr_tiles, std_to_uint8, tile
 
 
@@ -55,7 +57,7 @@ def training_defaults():
 
 
 def train(args, explicit, kind):
-    """The body of sr_mean_train.py (kind "mean") and sr_var_train.py (kind "var")."""
+    """The body of sr_mean_train.py (kind "mean"), sr_var_train.py ("var") and sr_pc_train.py ("pc")."""
     for flag in ("log_dir", "model_save_dir"):
         if not getattr(args, flag):
             raise UserError(f"--{flag} is required")
@@ -74,7 +76,7 @@ def train(args, explicit, kind):
     model_args = model_args_for_run(args, explicit, kind, pickle_path, fresh_run=not resume)
     model = build_model(kind, model_args)
     mean_model = None
-    if kind == "var":
+    if kind != "mean":
         mean_model = load_mean_model(args.mean_model_path, args.mean_model_args_path, device, args.use_fp16,
                                      sizes=(model_args["large_size"], model_args["small_size"]))
 
@@ -98,6 +100,22 @@ def train(args, explicit, kind):
 
         def image_fn(step, micro, output):
             logger.write_image("train_images", sr_tiles(micro[0], output, micro[1]), step)
+    elif kind == "pc":
+        def loss_fn(net, low_res_up, high_res):
+            inputs, mean = mean_and_var_input(mean_model, low_res_up)
+            directions, variances = net(inputs)
+            # the output shown: sigma_k w_k, each direction at its standard deviation
+            return (principal_components_loss(directions, variances, high_res - mean),
+                    directions * variances.clamp(min=0).sqrt()[:, :, None, None, None])
+
+        def image_fn(step, micro, output):
+            low_res_up, _ = micro
+            _, mean = mean_and_var_input(mean_model, low_res_up)
+            n = 4
+            columns = [to_uint8(low_res_up[:n].cpu()), to_uint8(mean[:n].cpu())]
+            for k in range(min(3, output.shape[1])):  # mean +- 2 sigma_k w_k
+                columns += [to_uint8((mean[:n] + sign * 2 * output[:n, k]).cpu()) for sign in (1, -1)]
+            logger.write_image("train_images", tile(columns), step)
     else:
         def loss_fn(net, low_res_up, high_res):
             inputs, mean = mean_and_var_input(mean_model, low_res_up)

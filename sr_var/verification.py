@@ -1,7 +1,9 @@
 """
 Comparing the mean and variance models with DDPM-SR samples (the paper's check of
 Theorem 2.2), and beyond the paper: with the true high-res image (accuracy and
-calibration) and, on the exact testbed, with the exact posterior.
+calibration), on the exact testbed with the exact posterior, and, when the PC model's
+outputs are there, its principal directions with those of the samples (and of the exact
+covariance).
 
 Per image the "ground truth" of the paper is the mean and variance of N DDPM-SR samples,
 written next to them as high_res_mean.png and high_res_var.pkl (float64 HWC, [0, 255]^2).
@@ -18,6 +20,7 @@ from guided_diffusion.cli import UserError, require_dir, require_writable_dir
 from guided_diffusion.io_util import atomic_write, load_pickle, save_json, save_pickle, save_png
 
 from . import metrics
+from . import principal_components as pcs
 from .data import (
     area_downsample,
     flatten_data_info,
@@ -50,6 +53,9 @@ def verification_defaults():
         testbed_path="",  # "" = use {data_dir}/../testbed.json when it exists
         num_grid_images=8,
         max_tensorboard_images=100,
+        # the PC model's outputs (sr_pc_test.py): "auto" = the step found in the output folder, if any;
+        # "none" = skip them
+        pc_model_step="auto",
     )
 
 
@@ -101,6 +107,64 @@ def model_outputs(output_dir, file_name, mean_step, var_step, size):
         raise UserError(f"model outputs of {file_name!r} are {mean.shape} / {var.shape}, "
                         f"not ({size}, {size}, 3): check --large_size")
     return mean, var
+
+
+def find_pc_step(args, names):
+    """The PC model's step to compare (None: no PC outputs), from --pc_model_step; checked for every image."""
+    step = str(args.pc_model_step)
+    if step == "none":
+        return None
+    if step == "auto":
+        folder = os.path.join(args.sr_model_output_dir, names[0])
+        found = sorted(f[len("high_res_pcs_"):-len(".npz")] for f in os.listdir(folder)
+                       if f.startswith("high_res_pcs_") and f.endswith(".npz")) if os.path.isdir(folder) else []
+        if not found:
+            return None
+        if len(found) > 1:
+            raise UserError(f"{folder!r} holds PC-model outputs of steps {', '.join(found)}: choose one with "
+                            f"--pc_model_step (or none)")
+        step = found[0]
+    for name in names:
+        path = pcs.pcs_path(args.sr_model_output_dir, name, step)
+        if not os.path.exists(path):
+            raise UserError(f"missing PC-model output {path!r}: run sr_pc_test.py with this --output_dir, "
+                            f"or set --pc_model_step (none skips the PC comparison)")
+    return step
+
+
+def pc_metrics(directions, variances, samples, exact=None, model_mean=None):
+    """
+    The PC model's directions [K, D] (HWC-flat) and variances [K] against the PCA of the
+    samples [N, H, W, C], with the split-half floor of that PCA; on the testbed (`exact`, with
+    its "cov" and "mc_samples") against the exact covariance, beside the PCA of the N
+    DDPM-SR samples and of N exact samples, and the captured share of what the model
+    learns, Cov + b b^T with b = E[x | y] - m (its stored mean-model output).
+    """
+    k = len(directions)
+    result = {"vs_samples": pcs.vs_samples(directions, variances, samples)}
+    if len(samples) // 2 > k:  # each half has k components to compare
+        result["split_half"] = pcs.split_half(samples, k)
+    if exact is not None:
+        cov = exact["cov"]
+        ref_dirs, ref_vals = cov.top(k)
+        along = cov.along(directions)
+        model = pcs.compare(directions, variances, along, ref_dirs, ref_vals)
+        bias = (exact["mean"] - model_mean).ravel()
+        model["captured_vs_target"] = pcs.captured(along + (directions @ bias) ** 2, cov.top_eigenvalues_plus(bias, k))
+        result["exact"] = {"model": model}
+        for key, draws in (("ddpm", samples), ("mc_floor", exact["mc_samples"])):
+            dirs, _ = pcs.sample_pcs(draws, k)
+            result["exact"][key] = pcs.compare(dirs, None, cov.along(dirs), ref_dirs, ref_vals)
+    return result
+
+
+def pc_tiles(mean, directions, variances, count=3):
+    """The model mean, then mean + 2 sigma_k w_k and mean - 2 sigma_k w_k for the first `count` directions (uint8)."""
+    tiles = [mean]
+    for w, v in list(zip(directions, variances))[:count]:
+        step = 2 * np.sqrt(max(v, 0)) * w.reshape(mean.shape)
+        tiles += [mean + step, mean - step]
+    return np.concatenate([np.clip(np.round(t), 0, 255).astype(np.uint8) for t in tiles], axis=1)
 
 
 def to_255(x):
@@ -204,10 +268,10 @@ def find_testbed(args):
 
 def exact_posterior(testbed, truth_uint8_chw, small_size, num_samples=0, seed=0):
     """
-    Exact posterior mean / variance and the bilinear input, HWC in [0, 255] units; with
-    num_samples, also the Monte Carlo floor: the mean ("mc_mean") and variance ("mc_var") of
-    num_samples exact posterior samples, stored as the DDPM-SR samples are (uint8) and
-    reduced the same way.
+    Exact posterior mean / variance and the bilinear input, HWC in [0, 255] units, and the
+    covariance ("cov", pcs.ExactCovariance); with num_samples, also the Monte Carlo floor:
+    the samples ("mc_samples"), their mean ("mc_mean") and variance ("mc_var"), stored as
+    the DDPM-SR samples are (uint8) and reduced the same way.
     """
     high_res = to_float(truth_uint8_chw[None])
     y = area_downsample(high_res, small_size).double().numpy()[0]
@@ -220,7 +284,9 @@ def exact_posterior(testbed, truth_uint8_chw, small_size, num_samples=0, seed=0)
     if num_samples:
         draws = quantize(testbed.sample_posterior(y, num_samples, np.random.default_rng(seed)))
         exact_samples = hwc(draws).astype(np.float64)
-        result.update(mc_mean=np.clip(exact_samples.mean(axis=0), 0, 255), mc_var=exact_samples.var(axis=0))
+        result.update(mc_mean=np.clip(exact_samples.mean(axis=0), 0, 255), mc_var=exact_samples.var(axis=0),
+                      mc_samples=exact_samples)
+    result["cov"] = pcs.ExactCovariance(testbed, y)
     return result
 
 
@@ -255,6 +321,12 @@ def verify(args):
     for name in names:  # every input is there before anything is written
         check_samples(args.ddpm_sr_output_dir, name, args.num_samples)
         model_output_paths(args.sr_model_output_dir, name, args.mean_model_step, args.var_model_step)
+    pc_step = find_pc_step(args, names)
+    if pc_step is not None:
+        num_pcs = len(pcs.load_pcs(pcs.pcs_path(args.sr_model_output_dir, names[0], pc_step), args.large_size)[1])
+        if args.num_samples <= num_pcs:
+            raise UserError(f"the PC model gives {num_pcs} components and --num_samples {args.num_samples} samples "
+                            f"have at most {args.num_samples - 1}: compare with more samples or --pc_model_step none")
     require_writable_dir(args.log_dir, "log_dir")
     logger.configure(args.log_dir)
     if testbed:
@@ -273,6 +345,12 @@ def verify(args):
         if testbed:
             exact = exact_posterior(testbed, truth_chw, args.small_size, args.num_samples, name_seed(name))
         per_image.append(image_metrics(truth, ddpm_mean, ddpm_var, model_mean, model_var, exact, samples))
+        if pc_step is not None:
+            directions, variances = pcs.load_pcs(pcs.pcs_path(args.sr_model_output_dir, name, pc_step),
+                                                 args.large_size)
+            per_image[-1]["pcs"] = pc_metrics(directions, variances, samples, exact, model_mean)
+            save_png(pc_tiles(model_mean, directions, variances), os.path.join(args.log_dir, "pc_figures",
+                                                                                f"{name}.png"))
         tiles = figure_tiles(truth, ddpm_mean, model_mean, ddpm_var, model_var, exact["var"] if exact else None)
         save_png(tiles, os.path.join(args.log_dir, "figures", f"{name}.png"))
         if i < args.max_tensorboard_images:
@@ -287,7 +365,8 @@ def verify(args):
     if testbed:
         results["exact"]["var_ratio_by_scale"] = scale_groups(testbed, images, per_image)
     results.update(num_images=len(names), num_samples=args.num_samples, mean_model_step=args.mean_model_step,
-                   var_model_step=args.var_model_step, gaussian_coverage=metrics.GAUSSIAN_COVERAGE,
+                   var_model_step=args.var_model_step, pc_model_step=pc_step,
+                   gaussian_coverage=metrics.GAUSSIAN_COVERAGE,
                    units="images in [0, 255], variances in [0, 255]^2",
                    per_image={name: r for name, r in zip(names, per_image)})
     save_json(results, os.path.join(args.log_dir, "results.json"))
@@ -324,3 +403,16 @@ def log_summary(results):
         for group, r in e["var_ratio_by_scale"].items():
             logger.log(f"variance ratio to exact at {group} ({r['num_images']} images): DDPM-SR {r['ddpm']:.3f}, "
                        f"{n} exact samples {r['mc_floor']:.3f}, variance model {r['var_model']:.3f}")
+    if "pcs" in results:
+        p = results["pcs"]
+        logger.log(f"PC model (step {results['pc_model_step']}) vs the PCA of the {n} samples: overlap "
+                   f"{p['vs_samples']['overlap']:.3f}, captured variance {p['vs_samples']['captured']:.3f}"
+                   + (f" (split-half floor of the sample PCA: {p['split_half']['overlap']:.3f}, "
+                      f"{p['split_half']['captured']:.3f})" if "split_half" in p else ""))
+        if "exact" in p:
+            pe = p["exact"]
+            logger.log(f"vs the exact covariance's top K, overlap / captured: PC model {pe['model']['overlap']:.3f} / "
+                       f"{pe['model']['captured']:.3f} (of its target Cov + bb^T: "
+                       f"{pe['model']['captured_vs_target']:.3f}), PCA of {n} DDPM-SR samples "
+                       f"{pe['ddpm']['overlap']:.3f} / {pe['ddpm']['captured']:.3f}, PCA of {n} exact samples "
+                       f"{pe['mc_floor']['overlap']:.3f} / {pe['mc_floor']['captured']:.3f}")

@@ -253,3 +253,62 @@ def test_verification_bad_inputs(verification_dir):
     os.makedirs(verification_dir / "ddpm_empty")
     assert_user_error(run_script(_verify_args(ddpm_sr_output_dir="ddpm_empty"), cwd=verification_dir, check=False),
                       "has 0 of the 3 samples")
+
+
+def test_pc_verification_on_the_testbed_scores_the_exact_components_perfectly(testbed_dir):
+    """
+    Exact posterior samples, the exact mean and variance, and as the PC model's output the
+    exact top-3 principal components (C0's eigenvectors at E[s^2 | y] lambda_k): the
+    verification gives overlap, captured variance and every variance ratio 1, and its
+    sample-PCA numbers equal a direct computation. Auto-detection, "none", a missing step.
+    """
+    from sr_var import principal_components as pcs
+    from sr_var.data import area_downsample, flatten_data_info, load_data_info, to_float
+    from sr_var.testbed import load_testbed, quantize
+
+    data = testbed_dir / "data"
+    tb = load_testbed(str(data / "testbed.json"))
+    names = [n for n, _ in flatten_data_info(load_data_info(str(data / "to_sample_data_info.pkl")))]
+    rng = np.random.default_rng(0)
+    direct = []
+    for name in names:
+        truth = np.array(Image.open(data / "images" / f"{name}.png"))
+        y = area_downsample(to_float(th.from_numpy(truth).permute(2, 0, 1)[None]), 4).double().numpy()[0]
+        samples = np.moveaxis(quantize(tb.sample_posterior(y, 12, rng)), 1, -1)
+        for i, sample in enumerate(samples):
+            save_png(sample, str(testbed_dir / "pcv" / "ddpm" / name / "high_res_samples" / f"sample_{i}.png"))
+        out = testbed_dir / "pcv" / "sr" / name
+        save_png(quantize(np.moveaxis(tb.posterior_mean(y), 0, -1)), str(out / "high_res_mean_1.png"))
+        save_pickle(np.moveaxis(tb.posterior_variance(y), 0, -1).astype(np.float32) * 127.5 ** 2,
+                    str(out / "high_res_var_1.pkl"))
+        directions, variances = pcs.ExactCovariance(tb, y).top(3)
+        pcs.save_pcs(str(out / "high_res_pcs_7.npz"), directions.reshape(3, 16, 16, 3), variances)
+        direct.append(pcs.vs_samples(directions.astype(np.float32).astype(np.float64),
+                                     variances.astype(np.float32), samples.astype(np.float64)))
+    args = ["sr_var_verification.py", "--data_dir", "data/images", "--data_info_dict_path",
+            "data/to_sample_data_info.pkl", "--large_size", "16", "--small_size", "4", "--ddpm_sr_output_dir",
+            "pcv/ddpm", "--num_samples", "12", "--sr_model_output_dir", "pcv/sr", "--mean_model_step", "1",
+            "--var_model_step", "1"]
+    run_script([*args, "--log_dir", "pcv/log"], cwd=testbed_dir)
+    results = json.load(open(testbed_dir / "pcv" / "log" / "results.json"))
+    assert results["pc_model_step"] == "7"
+    model = results["pcs"]["exact"]["model"]
+    for key in ("overlap", "captured"):
+        assert model[key] == pytest.approx(1, abs=1e-5)
+    for key in ("variance_ratio", "to_eigenvalue"):
+        assert model[key] == {k: pytest.approx(1, abs=1e-5) for k in ("1", "2", "3")}
+    assert 0.99 < model["captured_vs_target"] <= 1 + 1e-6  # the stored mean is rounded to uint8
+    for ref in ("ddpm", "mc_floor"):  # 12 samples see part of the top-3 subspace
+        assert 0 < results["pcs"]["exact"][ref]["captured"] < 1
+    expected = metrics.average(direct)
+    assert results["pcs"]["vs_samples"] == {k: pytest.approx(v) for k, v in expected.items()}
+    assert 0 < results["pcs"]["split_half"]["captured"] < 1
+    assert sorted(os.listdir(testbed_dir / "pcv" / "log" / "pc_figures")) == [f"{n}.png" for n in sorted(names)]
+    run_script([*args, "--log_dir", "pcv/log_none", "--pc_model_step", "none"], cwd=testbed_dir)
+    assert "pcs" not in json.load(open(testbed_dir / "pcv" / "log_none" / "results.json"))
+    assert_user_error(run_script([*args, "--log_dir", "pcv/log_bad", "--pc_model_step", "8"], cwd=testbed_dir,
+                                 check=False), "high_res_pcs_8.npz", "sr_pc_test.py")
+    few = [*args, "--log_dir", "pcv/log_bad"]
+    few[few.index("12")] = "3"
+    assert_user_error(run_script(few, cwd=testbed_dir, check=False), "3 components", "at most 2")
+    assert not os.path.exists(testbed_dir / "pcv" / "log_bad")

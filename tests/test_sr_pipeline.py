@@ -81,6 +81,11 @@ def sr_run(tmp_path_factory):
                 "--model_save_dir", "checkpoints/sr_var/64_256", *mean_args], cwd=root)
     run_script(["sr_var_test.py", *VAR_FLAGS, *test_common, "--log_dir", "logs/sr_var/64_256",
                 "--model_path", "checkpoints/sr_var/64_256/model000003.pt", *mean_args], cwd=root)
+    # the posterior principal components model, with the variance model's flags
+    run_script(["sr_pc_train.py", *MEAN_FLAGS, "--num_pcs", "3", *common, "--log_dir", "logs/sr_pc/64_256",
+                "--model_save_dir", "checkpoints/sr_pc/64_256", *mean_args], cwd=root)
+    run_script(["sr_pc_test.py", *MEAN_FLAGS, *test_common, "--log_dir", "logs/sr_pc/64_256",
+                "--model_path", "checkpoints/sr_pc/64_256/model000003.pt", *mean_args], cwd=root)
     return root
 
 
@@ -90,14 +95,26 @@ def test_seed_commands_write_the_specified_files(sr_run):
     assert len(names) == 3
     for name in names:
         folder = sr_run / "outputs/sr_var/64_256" / name
-        assert sorted(os.listdir(folder)) == ["high_res_mean_3.png", "high_res_var_3.pkl", "low_res.png"]
+        assert sorted(os.listdir(folder)) == ["high_res_mean_3.png", "high_res_pcs_3.npz", "high_res_var_3.pkl",
+                                              "low_res.png"]
         assert np.array(Image.open(folder / "high_res_mean_3.png")).shape == (32, 32, 3)
         var = pickle.load(open(folder / "high_res_var_3.pkl", "rb"))
         assert var.shape == (32, 32, 3) and var.dtype == np.float32
+        with np.load(folder / "high_res_pcs_3.npz") as pcs:
+            directions, variances = pcs["directions"], pcs["variances"]
+        assert directions.shape == (3, 32, 32, 3) and variances.shape == (3,) and directions.dtype == np.float32
+        flat = directions.reshape(3, -1).astype(np.float64)
+        assert np.allclose(flat @ flat.T, np.eye(3), atol=1e-5)  # orthonormal as flat vectors
     args = load_pickle(str(sr_run / "logs/sr_mean/64_256/mean_model_args.pkl"))
     assert args["model_channels"] == 32 and args["large_size"] == 32 and "last_layer_type" not in args
     assert load_pickle(str(sr_run / "logs/sr_var/64_256/var_model_args.pkl"))["last_layer_type"] == "none"
-    for run in ("sr_mean", "sr_var"):
+    assert load_pickle(str(sr_run / "logs/sr_pc/64_256/pc_model_args.pkl"))["num_pcs"] == 3
+    refused = run_script(["sr_pc_test.py", *MEAN_FLAGS, "--num_pcs", "4", "--data_dir", "imagenet/train",
+                          "--data_info_dict_path", "data/sr_imagenet/to_sample_data_info.pkl", "--log_dir",
+                          "logs/sr_pc/64_256", "--output_dir", "outputs/bad", "--model_path",
+                          "checkpoints/sr_pc/64_256/model000003.pt"], cwd=sr_run, check=False)
+    assert_user_error(refused, "--num_pcs 4 contradicts", "pc_model_args.pkl")
+    for run in ("sr_mean", "sr_var", "sr_pc"):
         assert files_in(sr_run / "checkpoints" / run / "64_256") == ["model000003.pt", "opt000003.pt"]
         log = (sr_run / "logs" / run / "64_256" / "log.txt").read_text()
         assert "needs a GPU; training in fp32" in log  # --use_fp16 True on a CPU

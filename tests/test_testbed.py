@@ -24,6 +24,7 @@ from sr_var.data import (
     to_float,
 )
 from sr_var.models import mean_and_var_input
+from sr_var.principal_components import ExactCovariance
 from sr_var.sampling import ExactTestbedTeacher, TestbedTeacher, sample_images
 from sr_var.testbed import GaussianScaleMixture, TestbedParams, quantize, write_testbed_dataset
 
@@ -58,6 +59,19 @@ def test_closed_forms_match_dense_linear_algebra(tiny):
         expected = np.exp(logp - np.max(logp))
         expected /= expected.sum()
         assert np.allclose(tiny.component_posterior(yi.reshape(3, 2, 2)), expected, atol=1e-10)
+    # Cov[x | y] = E[s^2 | y] C0 through the eigenbasis, on HWC-flat vectors in [0, 255] units
+    yi = y[0]
+    cov = ExactCovariance(tiny, yi)
+    e_s2 = tiny.component_posterior(yi) @ tiny.scales ** 2
+    chw_to_hwc = np.arange(C0.shape[0]).reshape(3, 8, 8).transpose(1, 2, 0).ravel()
+    dense = (e_s2 * 127.5 ** 2 * C0)[np.ix_(chw_to_hwc, chw_to_hwc)]
+    w = np.linalg.qr(rng.standard_normal((dense.shape[0], 4)))[0].T
+    assert np.allclose(cov.along(w), np.einsum("kd,de,ke->k", w, dense, w))
+    top_dirs, top_vals = cov.top(3)
+    assert np.allclose(top_vals, np.linalg.eigvalsh(dense)[::-1][:3])
+    assert np.allclose(np.einsum("kd,de,ke->k", top_dirs, dense, top_dirs), top_vals)
+    b = rng.standard_normal(dense.shape[0]) * 20
+    assert np.allclose(cov.top_eigenvalues_plus(b, 3), np.linalg.eigvalsh(dense + np.outer(b, b))[::-1][:3])
 
 
 @pytest.mark.parametrize("alpha_bar", [0.999, 0.6, 0.05])

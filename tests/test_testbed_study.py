@@ -10,14 +10,14 @@ from sr_var.testbed_study import crossing
 from .conftest import run_script
 
 TINY = ["--num_train", "64", "--small_train", "32", "--num_eval", "4", "--steps", "4", "--eval_every", "2",
-        "--reference_images", "2", "--reference_samples", "4"]
+        "--reference_images", "2", "--reference_samples", "4", "--num_pcs", "2"]
 
 
 def test_testbed_study_runs_end_to_end_and_resumes(tmp_path):
     out = tmp_path / "study"
     run_script(["scripts/testbed_study.py", "--out_dir", str(out), *TINY])
     results = json.loads((out / "results.json").read_text())
-    assert set(results["scores"]) == {"mean", "mean_small", "var", "var_exp"}
+    assert set(results["scores"]) == {"mean", "mean_small", "var", "var_exp", "pc", "pc_exact_mean"}
     for run, rows in results["scores"].items():
         assert [r["step"] for r in rows] == [2, 4], run
     refs = results["references"]
@@ -26,13 +26,20 @@ def test_testbed_study_runs_end_to_end_and_resumes(tmp_path):
     cov = refs["exact"]["coverage"]
     assert cov["1"] < cov["2"] < cov["3"]
     assert 0 < results["cost"]["mean_model_s"] < results["cost"]["ideal_ddpm_s"]
+    for run in ("pc", "pc_exact_mean"):  # scored against the exact covariance
+        assert 0 <= results["scores"][run][-1]["overlap"] <= 1 and 0 < results["scores"][run][-1]["captured"] <= 1
+    # with the exact mean as its mean model, what the PC model learns is the covariance itself
+    last = results["scores"]["pc_exact_mean"][-1]
+    assert np.isclose(last["captured_vs_target"], last["captured"])
+    assert 0 < refs["pcs"]["mc_floor"]["captured"] <= 1 and refs["pcs"]["ideal_ddpm"]["num_images"] == 2
     table = (out / "results.md").read_text()
     assert "mean model, 64 images" in table and "4 exact posterior samples (floor)" in table
+    assert "PCA of 4 exact posterior samples" in table and "PC model on x - E[x|y]" in table
     assert (out / "convergence.png").stat().st_size > 10_000
     # a rerun trains nothing and scores from its cache; a contradicting flag is refused
     before = {p: os.path.getmtime(p) for p in (out / "checkpoints").rglob("*.pt")}
     rerun = run_script(["scripts/testbed_study.py", "--out_dir", str(out), *TINY])
-    assert "training mean" not in rerun.stdout and "training var" not in rerun.stdout
+    assert "steps each)" not in rerun.stdout  # no training
     assert before == {p: os.path.getmtime(p) for p in (out / "checkpoints").rglob("*.pt")}
     refused = run_script(["scripts/testbed_study.py", "--out_dir", str(out), *TINY[:-2], "--reference_samples", "8"],
                          check=False)

@@ -1,0 +1,26 @@
+"""
+Train the posterior principal components model (after NPPC, Nehme et al., NeurIPS 2023): a
+UNet from [bilinear low-res image, mean-model output] to --num_pcs orthonormal directions
+and the variance along each, trained on x_hr - mean so that it learns the top principal
+components of Cov[x_hr | x_lr] (Theorem 2.2 beyond the per-pixel variance). Flags as
+sr_var_train.py; model flags are pickled to {log_dir}/pc_model_args.pkl.
+"""
+
+from guided_diffusion.cli import create_argparser, explicit_flags, run_main
+from guided_diffusion.script_util import pc_model_defaults
+from sr_var.training import train, training_defaults
+
+
+def create_parser():
+    defaults = {**training_defaults(), "mean_model_path": "", "mean_model_args_path": "", **pc_model_defaults()}
+    return create_argparser(defaults, description=__doc__)
+
+
+@run_main
+def main():
+    parser = create_parser()
+    train(parser.parse_args(), explicit_flags(parser), "pc")
+
+
+if __name__ == "__main__":
+    main()
