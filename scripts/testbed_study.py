@@ -18,7 +18,8 @@ floor) and N ideal-DDPM-SR samples (the testbed's perfect upsampler sampled as t
 samples, 250 steps, on --reference_images of the images), and the PCA of both (what N
 samples can see of the covariance). Two ablations train alongside:
 the mean model on 4,000 instead of 40,000 images, the variance model with --last_layer_type
-exp. Writes {out_dir}/results.json, results.md and convergence.png; every stage resumes.
+exp. Writes {out_dir}/results.json, results.md, convergence.png and principal_directions.png;
+every stage resumes.
 
     python scripts/testbed_study.py                       # about an hour on 2 cores
     python scripts/testbed_study.py --out_dir /tmp/tiny --num_train 64 --small_train 32 \\
@@ -40,6 +41,7 @@ from guided_diffusion.cli import UserError, create_argparser, require_writable_d
 from guided_diffusion.io_util import atomic_write, load_pickle, record_run_flags, save_json  # noqa: E402
 from sr_var.testbed_study import (  # noqa: E402
     crossings,
+    direction_figure,
     forward_seconds,
     pc_reference_lines,
     reference_lines,
@@ -161,6 +163,7 @@ def main():
     results = dict(config=vars(a), references=refs, scores=scores, cost=cost, wall_time_s=time.time() - start)
     results["crossings"] = crossings(results)
     save_json(results, os.path.join(out, "results.json"))
+    direction_figure(out, images, a.steps, os.path.join(out, "principal_directions.png"), count=min(3, a.num_pcs))
     print(write_report(results, out))
 
 

@@ -301,6 +301,43 @@ def score_checkpoints(out_dir, images, runs, steps):
     return scores
 
 
+def direction_figure(out_dir, images, steps, path, count=3):
+    """
+    The exact top `count` principal directions of one held-out image (the same for every
+    image on the testbed) beside the final PC models' first `count`: one row each, every
+    direction grey = 0 and scaled to its largest value.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    one = _Subset(images, [0])
+    one.low_res_up = images.low_res_up[:1]
+    _, mean_model = _outputs(os.path.join(out_dir, "logs", "mean"),
+                             os.path.join(out_dir, "checkpoints", "mean", f"model{steps:06d}.pt"), "mean", one)
+    exact, _ = images.covariance(0).top(count)
+    rows = [("exact Cov[x|y]", exact.reshape(count, *images.uint8.shape[2:], -1))]
+    for run, label, mm in (("pc_exact_mean", "PC model, exact mean", ExactMeanModel(images.testbed)),
+                           ("pc", "PC model, trained mean", mean_model)):
+        (directions, _), _ = _outputs(os.path.join(out_dir, "logs", run),
+                                      os.path.join(out_dir, "checkpoints", run, f"model{steps:06d}.pt"), "pc", one, mm)
+        rows.append((label, np.moveaxis(directions[0, :count], 1, -1)))
+    fig, axes = plt.subplots(len(rows), count, figsize=(1.6 * count + 1.2, 1.6 * len(rows)), squeeze=False)
+    for r, (label, dirs) in enumerate(rows):
+        for k in range(count):
+            w = dirs[k] / max(np.abs(dirs[k]).max(), 1e-12)
+            axes[r][k].imshow(np.clip(0.5 + 0.5 * w, 0, 1))
+            axes[r][k].set_xticks([])
+            axes[r][k].set_yticks([])
+            if r == 0:
+                axes[r][k].set_title(f"w_{k + 1}", fontsize=9)
+        axes[r][0].set_ylabel(label, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def crossing(rows, floor, key):
     """First checkpoint step at or below `floor`; else a power-law fit (error = a * step^b) to the
     last half of the checkpoints and the step where it would reach the floor (None if not falling)."""

@@ -159,12 +159,17 @@ def pc_metrics(directions, variances, samples, exact=None, model_mean=None):
 
 
 def pc_tiles(mean, directions, variances, count=3):
-    """The model mean, then mean + 2 sigma_k w_k and mean - 2 sigma_k w_k for the first `count` directions (uint8)."""
-    tiles = [mean]
+    """
+    The model mean, then mean + 2 sigma_k w_k and mean - 2 sigma_k w_k for the first `count`
+    directions, then the directions w_k themselves (grey 128 = 0, each scaled to its largest
+    value), which show what the +- tiles spread over many pixels (uint8, one row).
+    """
+    tiles, shown = [mean], []
     for w, v in list(zip(directions, variances))[:count]:
-        step = 2 * np.sqrt(max(v, 0)) * w.reshape(mean.shape)
-        tiles += [mean + step, mean - step]
-    return np.concatenate([np.clip(np.round(t), 0, 255).astype(np.uint8) for t in tiles], axis=1)
+        w = w.reshape(mean.shape)
+        tiles += [mean + 2 * np.sqrt(max(v, 0)) * w, mean - 2 * np.sqrt(max(v, 0)) * w]
+        shown.append(128 + 127 * w / max(np.abs(w).max(), 1e-12))
+    return np.concatenate([np.clip(np.round(t), 0, 255).astype(np.uint8) for t in tiles + shown], axis=1)
 
 
 def to_255(x):
