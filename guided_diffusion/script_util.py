@@ -353,5 +353,5 @@ def create_pc_model(large_size, small_size, in_channels, model_channels, out_cha
         **_plain_unet_kwargs(large_size, model_channels, num_res_blocks, attention_resolutions, dropout,
                              channel_mult, conv_resample, dims, use_checkpoint, use_fp16, num_heads,
                              num_head_channels, num_heads_upsample, resblock_updown,
-                             use_new_attention_order, num_pcs * (out_channels + 1)),
+                             use_new_attention_order, num_pcs * out_channels),
     )

@@ -21,9 +21,9 @@ the mean model on 4,000 instead of 40,000 images, the variance model with --last
 exp. Writes {out_dir}/results.json, results.md, convergence.png and principal_directions.png;
 every stage resumes.
 
-    python scripts/testbed_study.py                       # about an hour on 2 cores
+    python scripts/testbed_study.py                       # about 75 min on 2 cores
     python scripts/testbed_study.py --out_dir /tmp/tiny --num_train 64 --small_train 32 \\
-        --num_eval 4 --steps 4 --eval_every 2 --reference_images 2 --reference_samples 4
+        --num_eval 4 --steps 4 --eval_every 2 --reference_images 2 --reference_samples 4 --num_pcs 2
 """
 
 import os
