@@ -155,7 +155,8 @@ def main():
 
     images = study_images(data, a.large_size, a.small_size)
     refs = reference_lines(out, data, images, a.reference_images, a.reference_samples, a.seed)
-    refs["pcs"] = pc_reference_lines(out, images, a.reference_samples, a.num_pcs, a.seed)
+    refs["pcs"] = pc_reference_lines(out, images, a.reference_samples, a.num_pcs, a.seed,
+                                     refs["ideal_ddpm"]["num_images"])
     scores = score_checkpoints(out, images, [n for wave in waves for n, _ in wave], a.steps)
     mean_s, var_s, pc_s = forward_seconds(out, images, a.steps)
     cost = dict(mean_model_s=mean_s, var_model_s=var_s, pc_model_s=pc_s,

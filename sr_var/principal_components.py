@@ -118,11 +118,24 @@ def compare(directions, variances, along, ref_directions, ref_eigenvalues):
     return result
 
 
-def vs_samples(directions, variances, samples):
-    """The model's directions against the PCA of samples [N, ...] (same K)."""
-    k = len(directions)
-    ref_dirs, ref_vals = sample_pcs(samples, k)
+def vs_samples(directions, variances, samples, pca=None):
+    """The model's directions against the PCA of samples [N, ...] (same K; `pca` = sample_pcs(samples, K) if known)."""
+    ref_dirs, ref_vals = sample_pcs(samples, len(directions)) if pca is None else pca
     return compare(directions, variances, SampleCovariance(samples).along(directions), ref_dirs, ref_vals)
+
+
+def vs_exact(cov, directions, variances=None, bias=None):
+    """
+    Directions [K, D] (and their variances, or None for a sample PCA) against an
+    ExactCovariance: `compare` with its top K; with `bias` b = E[x | y] - m (HWC-flat), also
+    the captured share of what a model trained on x - m learns, Cov + b b^T.
+    """
+    k = len(directions)
+    along = cov.along(directions)
+    result = compare(directions, variances, along, *cov.top(k))
+    if bias is not None:
+        result["captured_vs_target"] = captured(along + (directions @ bias) ** 2, cov.top_eigenvalues_plus(bias, k))
+    return result
 
 
 def split_half(samples, k):

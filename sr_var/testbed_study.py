@@ -112,18 +112,10 @@ def _pc_scores(images, mean, directions, variances, idx=None):
     PCA): overlap and captured only. idx: the study images the rows belong to.
     """
     idx = range(len(directions)) if idx is None else idx
-    per_image = []
-    for row, i in enumerate(idx):
-        cov, dirs = images.covariance(i), hwc_flat(directions[row])
-        along = cov.along(dirs)
-        ref_dirs, ref_vals = cov.top(len(dirs))
-        result = pcs.compare(dirs, None if variances is None else variances[row], along, ref_dirs, ref_vals)
-        if mean is not None:
-            bias = hwc_flat((images.exact_mean[i] - mean[row])[None])[0]
-            result["captured_vs_target"] = pcs.captured(along + (dirs @ bias) ** 2,
-                                                        cov.top_eigenvalues_plus(bias, len(dirs)))
-        per_image.append(result)
-    return per_image
+    return [pcs.vs_exact(images.covariance(i), hwc_flat(directions[row]),
+                         None if variances is None else variances[row],
+                         None if mean is None else hwc_flat((images.exact_mean[i] - mean[row])[None])[0])
+            for row, i in enumerate(idx)]
 
 
 def _sample_pcs(samples, k):
@@ -132,8 +124,16 @@ def _sample_pcs(samples, k):
     return np.moveaxis(dirs.reshape(k, *samples.shape[-2:], samples.shape[-3]), -1, -3)
 
 
-def pc_reference_lines(out_dir, images, num_samples, num_pcs, seed):
-    """The PCA of the N exact posterior samples (the same draws as reference_lines) and of the ideal-DDPM-SR samples."""
+def reference_indices(images, count):
+    """The `count` study images of the ideal-DDPM-SR reference, spread over the list (which is ordered by scale)."""
+    return np.linspace(0, len(images.names) - 1, count).round().astype(int)
+
+
+def pc_reference_lines(out_dir, images, num_samples, num_pcs, seed, count):
+    """
+    The PCA of the N exact posterior samples (the same draws as reference_lines) and of the
+    ideal-DDPM-SR samples of the `count` reference images.
+    """
     path = os.path.join(out_dir, f"pc_references_{num_pcs}.json")
     if os.path.exists(path):
         with open(path) as f:
@@ -143,9 +143,7 @@ def pc_reference_lines(out_dir, images, num_samples, num_pcs, seed):
     mc = np.stack([_sample_pcs(quantize(tb.sample_posterior(yi, num_samples, rng)).astype(np.float64), num_pcs)
                    for yi in images.y])
     refs = {"mc_floor": {**_summary(_pc_scores(images, None, mc, None), ks, scales), "num_samples": num_samples}}
-    with open(os.path.join(out_dir, "references.json")) as f:
-        count = json.load(f)["ideal_ddpm"]["num_images"]
-    idx = np.linspace(0, len(images.names) - 1, count).round().astype(int)
+    idx = reference_indices(images, count)
     ddpm = np.stack([_sample_pcs(np.moveaxis(ddpm_ground_truth(os.path.join(out_dir, "ideal_ddpm"), images.names[i],
                                                                num_samples)[2], -1, -3), num_pcs) for i in idx])
     refs["ideal_ddpm"] = {**_summary(_pc_scores(images, None, ddpm, None, idx), [ks[i] for i in idx], scales),
@@ -183,7 +181,7 @@ def _ideal_ddpm_reference(out_dir, data_dir, images, count, num_samples, seed):
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    idx = np.linspace(0, len(images.names) - 1, count).round().astype(int)
+    idx = reference_indices(images, count)
     subset = {}
     for i in idx:
         subset.setdefault(f"gsm{images.ks[i]}", {"y": images.ks[i], "file_names": []})["file_names"].append(

@@ -141,20 +141,17 @@ def pc_metrics(directions, variances, samples, exact=None, model_mean=None):
     learns, Cov + b b^T with b = E[x | y] - m (its stored mean-model output).
     """
     k = len(directions)
-    result = {"vs_samples": pcs.vs_samples(directions, variances, samples)}
+    sample_pca = pcs.sample_pcs(samples, k)
+    result = {"vs_samples": pcs.vs_samples(directions, variances, samples, sample_pca)}
     if len(samples) // 2 > k:  # each half has k components to compare
         result["split_half"] = pcs.split_half(samples, k)
     if exact is not None:
         cov = exact["cov"]
-        ref_dirs, ref_vals = cov.top(k)
-        along = cov.along(directions)
-        model = pcs.compare(directions, variances, along, ref_dirs, ref_vals)
-        bias = (exact["mean"] - model_mean).ravel()
-        model["captured_vs_target"] = pcs.captured(along + (directions @ bias) ** 2, cov.top_eigenvalues_plus(bias, k))
-        result["exact"] = {"model": model}
-        for key, draws in (("ddpm", samples), ("mc_floor", exact["mc_samples"])):
-            dirs, _ = pcs.sample_pcs(draws, k)
-            result["exact"][key] = pcs.compare(dirs, None, cov.along(dirs), ref_dirs, ref_vals)
+        result["exact"] = {
+            "model": pcs.vs_exact(cov, directions, variances, bias=(exact["mean"] - model_mean).ravel()),
+            "ddpm": pcs.vs_exact(cov, sample_pca[0]),
+            "mc_floor": pcs.vs_exact(cov, pcs.sample_pcs(exact["mc_samples"], k)[0]),
+        }
     return result
 
 
