@@ -82,3 +82,22 @@ def test_sample_pca_and_the_subspace_numbers():
         "to_eigenvalue": {str(i): pytest.approx(1) for i in (1, 2, 3)}}
     half = pcs.split_half(samples, 3)
     assert 0 < half["captured"] < 1 and 0 < half["overlap"] < 1
+
+
+def test_bad_pc_inputs_are_one_line_errors(tmp_path):
+    """A damaged or mis-sized PC output, and a testbed mean model of other sizes, are UserErrors naming the problem."""
+    from guided_diffusion.cli import UserError
+    from sr_var.models import load_mean_model
+    from sr_var.testbed import GaussianScaleMixture, TestbedParams
+
+    damaged = tmp_path / "high_res_pcs_1.npz"
+    damaged.write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="is not a PC-model output"):
+        pcs.load_pcs(str(damaged), 16)
+    pcs.save_pcs(str(tmp_path / "small.npz"), np.zeros((2, 8, 8, 3)), np.ones(2))
+    with pytest.raises(UserError, match="check --large_size"):
+        pcs.load_pcs(str(tmp_path / "small.npz"), 16)
+    testbed = tmp_path / "testbed.json"
+    testbed.write_text(GaussianScaleMixture(TestbedParams(large_size=16, small_size=4)).to_json())
+    with pytest.raises(UserError, match="4->16 px, the model 8->32 px"):
+        load_mean_model(str(testbed), "", th.device("cpu"), False, sizes=(32, 8))

@@ -44,6 +44,10 @@ def test_testbed_study_runs_end_to_end_and_resumes(tmp_path):
     refused = run_script(["scripts/testbed_study.py", "--out_dir", str(out), *TINY[:-2], "--reference_samples", "8"],
                          check=False)
     assert refused.returncode == 2 and "reference_samples" in refused.stderr
+    too_many = run_script(["scripts/testbed_study.py", "--out_dir", str(tmp_path / "other"), *TINY[:-2],
+                           "--num_pcs", "4"], check=False)  # 4 samples have at most 3 components
+    assert too_many.returncode == 2 and "--num_pcs 4 should be at least 1 and below" in too_many.stderr
+    assert not (tmp_path / "other").exists()
 
 
 def test_crossing_finds_the_first_step_below_and_projects_a_power_law():
