@@ -9,18 +9,20 @@ as the paper samples) or exact (exact posterior samples through exact reverse tr
 
 import os
 
-from guided_diffusion import dist_util, logger
-from guided_diffusion.cli import (
+from guided_diffusion.script_util import SR_MODEL_AND_DIFFUSION_RULES, SR_SIZE_CHECKS, sr_model_and_diffusion_defaults
+from runkit import (
     UserError,
     args_to_dict,
     create_argparser,
+    dist_util,
     lock_folder,
+    logger,
     require_writable_dir,
     run_main,
     stop_signals,
 )
-from guided_diffusion.script_util import sr_model_and_diffusion_defaults
 from sr_var.sampling import (
+    SAMPLING_RULES,
     load_sampler_model,
     plan_sampling,
     record_sampling_flags,
@@ -30,7 +32,9 @@ from sr_var.sampling import (
 
 
 def create_parser():
-    return create_argparser({**sampling_defaults(), **sr_model_and_diffusion_defaults()}, description=__doc__)
+    return create_argparser({**sampling_defaults(), **sr_model_and_diffusion_defaults()},
+                            rules={**SAMPLING_RULES, **SR_MODEL_AND_DIFFUSION_RULES}, checks=SR_SIZE_CHECKS,
+                            description=__doc__)
 
 
 @run_main

@@ -14,12 +14,12 @@ experiment with figures: scripts/mnist_sweep.py.
 
 import argparse
 
-from guided_diffusion.cli import create_argparser, run_main
-from noisy_mnist.tasks import mnist_defaults, run
+from noisy_mnist.tasks import MNIST_RULES, mnist_defaults, run
+from runkit import create_argparser, run_main
 
 
 def create_parser():
-    parser = create_argparser(mnist_defaults(), description=__doc__)
+    parser = create_argparser(mnist_defaults(), rules=MNIST_RULES, description=__doc__)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
 

@@ -4,19 +4,19 @@ Run a trained mean model over the images of a data-info pickle: writes
 {log_dir}/mean_model_args.pkl (the training run's); flags given here must agree with them.
 """
 
-from guided_diffusion.cli import create_argparser, explicit_flags, run_main
-from guided_diffusion.script_util import mean_model_defaults
-from sr_var.testing import test, testing_defaults
+from runkit import explicit_flags, run_main
+from sr_var.kinds import MEAN
+from sr_var.testing import test, testing_parser
 
 
 def create_parser():
-    return create_argparser({**testing_defaults(), **mean_model_defaults()}, description=__doc__)
+    return testing_parser(MEAN, description=__doc__)
 
 
 @run_main
 def main():
     parser = create_parser()
-    test(parser.parse_args(), explicit_flags(parser), "mean")
+    test(parser.parse_args(), explicit_flags(parser), MEAN)
 
 
 if __name__ == "__main__":

@@ -6,20 +6,19 @@ components of Cov[x_hr | x_lr] (Theorem 2.2 beyond the per-pixel variance). Flag
 sr_var_train.py; model flags are pickled to {log_dir}/pc_model_args.pkl.
 """
 
-from guided_diffusion.cli import create_argparser, explicit_flags, run_main
-from guided_diffusion.script_util import pc_model_defaults
-from sr_var.training import train, training_defaults
+from runkit import explicit_flags, run_main
+from sr_var.kinds import PC
+from sr_var.training import train, training_parser
 
 
 def create_parser():
-    defaults = {**training_defaults(), "mean_model_path": "", "mean_model_args_path": "", **pc_model_defaults()}
-    return create_argparser(defaults, description=__doc__)
+    return training_parser(PC, description=__doc__)
 
 
 @run_main
 def main():
     parser = create_parser()
-    train(parser.parse_args(), explicit_flags(parser), "pc")
+    train(parser.parse_args(), explicit_flags(parser), PC)
 
 
 if __name__ == "__main__":

@@ -5,20 +5,19 @@ flags come from {log_dir}/var_model_args.pkl; the mean model from --mean_model_p
 --mean_model_args_path.
 """
 
-from guided_diffusion.cli import create_argparser, explicit_flags, run_main
-from guided_diffusion.script_util import var_model_defaults
-from sr_var.testing import test, testing_defaults
+from runkit import explicit_flags, run_main
+from sr_var.kinds import VAR
+from sr_var.testing import test, testing_parser
 
 
 def create_parser():
-    defaults = {**testing_defaults(), "mean_model_path": "", "mean_model_args_path": "", **var_model_defaults()}
-    return create_argparser(defaults, description=__doc__)
+    return testing_parser(VAR, description=__doc__)
 
 
 @run_main
 def main():
     parser = create_parser()
-    test(parser.parse_args(), explicit_flags(parser), "var")
+    test(parser.parse_args(), explicit_flags(parser), VAR)
 
 
 if __name__ == "__main__":

@@ -4,20 +4,19 @@ Train the variance model: a UNet from [bilinear low-res image, mean-model output
 are pickled to {log_dir}/var_model_args.pkl; checkpoints go to {model_save_dir}.
 """
 
-from guided_diffusion.cli import create_argparser, explicit_flags, run_main
-from guided_diffusion.script_util import var_model_defaults
-from sr_var.training import train, training_defaults
+from runkit import explicit_flags, run_main
+from sr_var.kinds import VAR
+from sr_var.training import train, training_parser
 
 
 def create_parser():
-    defaults = {**training_defaults(), "mean_model_path": "", "mean_model_args_path": "", **var_model_defaults()}
-    return create_argparser(defaults, description=__doc__)
+    return training_parser(VAR, description=__doc__)
 
 
 @run_main
 def main():
     parser = create_parser()
-    train(parser.parse_args(), explicit_flags(parser), "var")
+    train(parser.parse_args(), explicit_flags(parser), VAR)
 
 
 if __name__ == "__main__":

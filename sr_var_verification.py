@@ -6,12 +6,13 @@ true image, calibration, and (on the exact testbed) the exact posterior. Writes
 {log_dir}/results_grid.png.
 """
 
-from guided_diffusion.cli import create_argparser, run_main
-from sr_var.verification import verification_defaults, verify
+from runkit import create_argparser, multiple_of, run_main
+from sr_var.verification import VERIFICATION_RULES, verification_defaults, verify
 
 
 def create_parser():
-    return create_argparser(verification_defaults(), description=__doc__)
+    return create_argparser(verification_defaults(), rules=VERIFICATION_RULES,
+                            checks=(multiple_of("large_size", "small_size"),), description=__doc__)
 
 
 @run_main

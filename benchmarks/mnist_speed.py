@@ -26,22 +26,20 @@ import argparse
 import json
 import multiprocessing
 import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 import torch as th
 import torch.nn.functional as F
+from bench_util import round_ratios, seconds_per_call
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench_util import round_ratios, seconds_per_call  # noqa: E402
-from guided_diffusion import dist_util, logger  # noqa: E402
-from guided_diffusion.train_util import TrainLoop  # noqa: E402
-from noisy_mnist.data import load_split, to_inputs, train_batches  # noqa: E402
-from noisy_mnist.model import SimpleCNN, create_model, predict_logits  # noqa: E402
-from noisy_mnist.noise import draw_labels, noise_distribution  # noqa: E402
-from noisy_mnist.tasks import cross_entropy_loss, stacked_cross_entropy_loss  # noqa: E402
+from noisy_mnist.data import load_split, to_inputs, train_batches
+from noisy_mnist.model import SimpleCNN, create_model, predict_logits
+from noisy_mnist.noise import draw_labels, noise_distribution
+from noisy_mnist.tasks import cross_entropy_loss, stacked_cross_entropy_loss
+from runkit import dist_util, logger
+from runkit.training import TrainLoop
 
 SWEEP_RUNS, SWEEP_STEPS, SWEEP_EVALS = 25, 20000, 10  # one per checkpoint; the analysis reuses the last
 EVAL_BATCH = 2000

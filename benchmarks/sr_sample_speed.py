@@ -17,20 +17,17 @@ interleaved rounds (median).
 import argparse
 import copy
 import json
-import os
-import sys
 import time
 
 import torch as th
+from bench_util import device_name, sync
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench_util import device_name, sync  # noqa: E402
-from guided_diffusion.cli import str2bool  # noqa: E402
-from guided_diffusion.samplers import SAMPLERS  # noqa: E402
-from guided_diffusion.script_util import sr_create_model_and_diffusion, sr_model_and_diffusion_defaults  # noqa: E402
-from guided_diffusion.unet import set_attention_backend  # noqa: E402
-from sr_var.sampling import TestbedTeacher, sample_images  # noqa: E402
-from sr_var.testbed import GaussianScaleMixture, TestbedParams  # noqa: E402
+from guided_diffusion.samplers import SAMPLERS
+from guided_diffusion.script_util import sr_create_model_and_diffusion, sr_model_and_diffusion_defaults
+from guided_diffusion.unet import set_attention_backend
+from runkit import str2bool
+from sr_var.sampling import sample_images
+from testbed import GaussianScaleMixture, TestbedParams, TestbedTeacher
 
 PRESETS = {
     "cpu": dict(large_size=64, small_size=16, num_channels=64, channel_mult="1,2,2,4", num_res_blocks=1,

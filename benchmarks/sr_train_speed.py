@@ -21,24 +21,21 @@ import argparse
 import json
 import os
 import random
-import sys
 import tempfile
 
 import numpy as np
 import torch as th
 import torch.nn.functional as F
+from bench_util import device_name, quiet_stderr, round_ratios, seconds_per_call
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench_util import device_name, quiet_stderr, round_ratios, seconds_per_call  # noqa: E402
-from guided_diffusion import logger  # noqa: E402
-from guided_diffusion.cli import str2bool  # noqa: E402
-from guided_diffusion.script_util import create_mean_model, mean_model_defaults  # noqa: E402
-from guided_diffusion.train_util import TrainLoop  # noqa: E402
-from guided_diffusion.unet import AttentionBlock, set_attention_backend  # noqa: E402
-from sr_var.data import center_crop_arr, sr_training_pairs, training_batches  # noqa: E402
-from tests.helpers import make_image_folder  # noqa: E402
+from guided_diffusion.unet import AttentionBlock, set_attention_backend
+from imaging.sample_photos import make_image_folder
+from runkit import logger, str2bool
+from runkit.training import TrainLoop
+from sr_var.data import center_crop_arr, sr_training_pairs, training_batches
+from sr_var.networks import create_mean_model, mean_model_defaults
 
 PRESETS = {
     "cpu": dict(large_size=64, small_size=16, model_channels=32, channel_mult="1,2,2,2", num_res_blocks=1,

@@ -9,21 +9,14 @@ einsum form, measured in one run (interleaved, same weights and inputs).
 
 import argparse
 import json
-import os
-import sys
 
 import torch as th
+from bench_util import device_name, seconds_per_call
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench_util import device_name, seconds_per_call  # noqa: E402
-from guided_diffusion.cli import str2bool  # noqa: E402
-from guided_diffusion.script_util import (  # noqa: E402
-    create_mean_model,
-    mean_model_defaults,
-    sr_create_model_and_diffusion,
-    sr_model_and_diffusion_defaults,
-)
-from guided_diffusion.unet import set_attention_backend  # noqa: E402
+from guided_diffusion.script_util import sr_create_model_and_diffusion, sr_model_and_diffusion_defaults
+from guided_diffusion.unet import set_attention_backend
+from runkit import str2bool
+from sr_var.networks import create_mean_model, mean_model_defaults
 
 PRESETS = {
     # A small DDPM-SR upsampler with attention at 32x32 (1,024 tokens), CPU-sized.

@@ -1,22 +1,22 @@
 """
-Flag defaults and model/diffusion builders, with guided-diffusion's names, plus the
-builders of the paper's mean and variance models with the original code's defaults.
+Flag defaults and model/diffusion builders, with guided-diffusion's names. Each defaults
+function has its numeric flags' rules beside it (the run kit's flag parser checks them).
 """
 
 import numpy as np
 
+from runkit import AT_LEAST_ONE, FRACTION, UNSET_OR_AT_LEAST_ONE, UserError, multiple_of
+from runkit.flags import add_dict_to_argparser, args_to_dict, str2bool  # noqa: F401 (upstream API)
+
 from . import gaussian_diffusion as gd
-from .cli import UserError, add_dict_to_argparser, args_to_dict, str2bool  # noqa: F401 (public API)
 from .respace import SpacedDiffusion, space_timesteps
-from .unet import PlainUNetModel, PrincipalComponentsModel, SuperResModel, UNetModel, VarianceModel
+from .unet import SuperResModel, UNetModel
 
 NUM_CLASSES = 1000
 
 # Flag names by role, for naming the flag behind a checkpoint that does not fit.
 SR_FLAG_NAMES = {"width": "num_channels", "classes": "class_cond", "out": "learn_sigma",
                  "in": "large_size/small_size", "size": "large_size"}
-MEAN_FLAG_NAMES = {"width": "model_channels", "classes": "class_cond", "out": "out_channels",
-                   "in": "in_channels", "size": "large_size"}
 
 
 def diffusion_defaults():
@@ -31,6 +31,9 @@ def diffusion_defaults():
         rescale_timesteps=False,
         rescale_learned_sigmas=False,
     )
+
+
+DIFFUSION_RULES = dict(diffusion_steps=AT_LEAST_ONE)
 
 
 def model_and_diffusion_defaults():
@@ -55,6 +58,13 @@ def model_and_diffusion_defaults():
     )
 
 
+MODEL_AND_DIFFUSION_RULES = dict(
+    num_channels=AT_LEAST_ONE, num_res_blocks=AT_LEAST_ONE, num_heads=AT_LEAST_ONE,
+    num_heads_upsample=UNSET_OR_AT_LEAST_ONE, num_head_channels=UNSET_OR_AT_LEAST_ONE, dropout=FRACTION,
+    **DIFFUSION_RULES,
+)
+
+
 def sr_model_and_diffusion_defaults():
     """Defaults for the super-resolution (DDPM-SR) models; `channel_mult` is an addition."""
     return dict(
@@ -77,6 +87,10 @@ def sr_model_and_diffusion_defaults():
     )
 
 
+SR_MODEL_AND_DIFFUSION_RULES = dict(large_size=AT_LEAST_ONE, small_size=AT_LEAST_ONE, **MODEL_AND_DIFFUSION_RULES)
+SR_SIZE_CHECKS = (multiple_of("large_size", "small_size"),)
+
+
 def parse_channel_mult(channel_mult, image_size, table):
     """A channel_mult flag ("1,1,2,2,4", a tuple, or "" for the table's size default)."""
     if isinstance(channel_mult, (tuple, list)):
@@ -96,7 +110,6 @@ def attention_downsample_rates(attention_resolutions, image_size):
 _IMAGE_CHANNEL_MULT = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4),
                        64: (1, 2, 3, 4)}
 _SR_CHANNEL_MULT = {512: (1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 64: (1, 2, 3, 4)}
-_PLAIN_CHANNEL_MULT = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4)}
 
 
 def create_model(image_size, num_channels, num_res_blocks, channel_mult="", learn_sigma=False,
@@ -239,119 +252,4 @@ def create_gaussian_diffusion(*, steps=1000, learn_sigma=False, sigma_small=Fals
         model_var_type=model_var_type,
         loss_type=loss_type,
         rescale_timesteps=rescale_timesteps,
-    )
-
-
-# ---------------------------------------------------------------------------------------
-# The paper's mean and variance models (plain UNets without timestep input)
-# ---------------------------------------------------------------------------------------
-
-def mean_model_defaults():
-    """The original code's defaults for the mean model (what mean_model_args.pkl holds)."""
-    return dict(
-        large_size=256,
-        small_size=64,
-        in_channels=3,
-        model_channels=128,
-        out_channels=3,
-        num_res_blocks=2,
-        attention_resolutions="16, 8",
-        dropout=0.0,
-        channel_mult="",
-        conv_resample=True,
-        dims=2,
-        use_checkpoint=False,
-        use_fp16=False,
-        num_heads=4,
-        num_head_channels=-1,
-        num_heads_upsample=-1,
-        resblock_updown=False,
-        use_new_attention_order=False,
-    )
-
-
-def var_model_defaults():
-    """The original code's defaults for the variance model (var_model_args.pkl)."""
-    return dict(mean_model_defaults(), last_layer_type="none")
-
-
-def pc_model_defaults():
-    """The posterior principal components model (pc_model_args.pkl): the mean model's flags and K."""
-    return dict(mean_model_defaults(), num_pcs=5)
-
-
-def _plain_unet_kwargs(large_size, model_channels, num_res_blocks, attention_resolutions, dropout,
-                       channel_mult, conv_resample, dims, use_checkpoint, use_fp16, num_heads,
-                       num_head_channels, num_heads_upsample, resblock_updown, use_new_attention_order,
-                       out_channels):
-    return dict(
-        image_size=large_size,
-        model_channels=model_channels,
-        out_channels=out_channels,
-        num_res_blocks=num_res_blocks,
-        attention_resolutions=attention_downsample_rates(attention_resolutions, large_size),
-        dropout=dropout,
-        channel_mult=parse_channel_mult(channel_mult, large_size, _PLAIN_CHANNEL_MULT),
-        conv_resample=conv_resample,
-        dims=dims,
-        use_checkpoint=use_checkpoint,
-        use_fp16=use_fp16,
-        num_heads=num_heads,
-        num_head_channels=num_head_channels,
-        num_heads_upsample=num_heads_upsample,
-        resblock_updown=resblock_updown,
-        use_new_attention_order=use_new_attention_order,
-    )
-
-
-def create_mean_model(large_size, small_size, in_channels, model_channels, out_channels, num_res_blocks,
-                      attention_resolutions, dropout, channel_mult, conv_resample, dims, use_checkpoint,
-                      use_fp16, num_heads, num_head_channels, num_heads_upsample, resblock_updown,
-                      use_new_attention_order):
-    """The mean model: input the bilinear-upsampled low-res image, output E[x_hr | x_lr]."""
-    del small_size
-    return PlainUNetModel(
-        in_channels=in_channels,
-        **_plain_unet_kwargs(large_size, model_channels, num_res_blocks, attention_resolutions, dropout,
-                             channel_mult, conv_resample, dims, use_checkpoint, use_fp16, num_heads,
-                             num_head_channels, num_heads_upsample, resblock_updown,
-                             use_new_attention_order, out_channels),
-    )
-
-
-def create_var_model(large_size, small_size, in_channels, model_channels, out_channels, num_res_blocks,
-                     attention_resolutions, dropout, channel_mult, conv_resample, dims, use_checkpoint,
-                     use_fp16, num_heads, num_head_channels, num_heads_upsample, resblock_updown,
-                     use_new_attention_order, last_layer_type):
-    """The variance model: input [low-res, mean-model output] (2 x in_channels), output Var."""
-    del small_size
-    return VarianceModel(
-        in_channels=in_channels,
-        last_layer_type=last_layer_type,
-        **_plain_unet_kwargs(large_size, model_channels, num_res_blocks, attention_resolutions, dropout,
-                             channel_mult, conv_resample, dims, use_checkpoint, use_fp16, num_heads,
-                             num_head_channels, num_heads_upsample, resblock_updown,
-                             use_new_attention_order, out_channels),
-    )
-
-
-def create_pc_model(large_size, small_size, in_channels, model_channels, out_channels, num_res_blocks,
-                    attention_resolutions, dropout, channel_mult, conv_resample, dims, use_checkpoint,
-                    use_fp16, num_heads, num_head_channels, num_heads_upsample, resblock_updown,
-                    use_new_attention_order, num_pcs):
-    """
-    The principal components model: input [low-res, mean-model output], output num_pcs
-    orthonormal directions of out_channels-channel images and the variance along each.
-    """
-    del small_size
-    if num_pcs < 1:
-        raise ValueError(f"num_pcs {num_pcs} must be at least 1")
-    return PrincipalComponentsModel(
-        in_channels=in_channels,
-        image_channels=out_channels,
-        num_pcs=num_pcs,
-        **_plain_unet_kwargs(large_size, model_channels, num_res_blocks, attention_resolutions, dropout,
-                             channel_mult, conv_resample, dims, use_checkpoint, use_fp16, num_heads,
-                             num_head_channels, num_heads_upsample, resblock_updown,
-                             use_new_attention_order, num_pcs * out_channels),
     )

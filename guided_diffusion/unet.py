@@ -5,8 +5,8 @@ timestep input). Parameter names follow guided-diffusion exactly, so its checkpo
 the original code's checkpoints load strictly.
 """
 
-from abc import abstractmethod
 import math
+from abc import abstractmethod
 
 import torch as th
 import torch.nn as nn
@@ -501,96 +501,3 @@ class SuperResModel(UNetModel):
         upsampled = F.interpolate(low_res, (new_height, new_width), mode="bilinear")
         x = th.cat([x, upsampled], dim=1)
         return super().forward(x, timesteps, **kwargs)
-
-
-class PlainUNetModel(UNetModel):
-    """
-    The paper's mean model: the UNet trunk without timestep input, forward(x). An input
-    that is not `image_size` square is first resized bilinearly, as in the original code.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, use_timestep=False, **kwargs)
-
-    def forward(self, x):
-        if x.shape[-2:] != (self.image_size, self.image_size):
-            x = F.interpolate(x, (self.image_size, self.image_size), mode="bilinear")
-        return super().forward(x)
-
-
-class _Exp(nn.Module):
-    def forward(self, x):
-        return th.exp(x)
-
-
-class VarianceModel(PlainUNetModel):
-    """
-    The paper's variance model: a plain UNet on [low-res, mean-model output] (so twice
-    `in_channels`), with an optional positive last layer: "none" | "exp" | "sigmoid".
-    """
-
-    def __init__(self, image_size, in_channels, *args, last_layer_type="none", **kwargs):
-        super().__init__(image_size, in_channels * 2, *args, **kwargs)
-        if last_layer_type == "none":
-            self.last_layer = nn.Identity()
-        elif last_layer_type == "exp":
-            self.last_layer = _Exp()
-        elif last_layer_type == "sigmoid":
-            self.last_layer = nn.Sigmoid()
-        else:
-            raise ValueError(f"unknown last_layer_type {last_layer_type!r} (none | exp | sigmoid)")
-        self.last_layer_type = last_layer_type
-
-    def forward(self, x):
-        return self.last_layer(super().forward(x))
-
-
-def gram_schmidt(vectors, eps=1e-12):
-    """
-    Orthonormalise vectors [B, K, D] along K, in order (modified Gram-Schmidt): returns the
-    unit vectors [B, K, D] and the norms [B, K] of the vectors before normalisation (after
-    removing the earlier ones). Each vector's gradient stops at the vectors before it: trained
-    to capture variance, the k-th then captures what the first k - 1 leave, which orders them
-    as principal components.
-    """
-    done, norms = [], []
-    for k in range(vectors.shape[1]):
-        v = vectors[:, k]
-        for q in done:
-            q = q.detach()
-            v = v - (v * q).sum(dim=-1, keepdim=True) * q
-        norm = v.norm(dim=-1, keepdim=True)
-        done.append(v / norm.clamp(min=eps))
-        norms.append(norm[:, 0])
-    return th.stack(done, dim=1), th.stack(norms, dim=1)
-
-
-class PrincipalComponentsModel(PlainUNetModel):
-    """
-    Posterior principal components in one forward pass, after NPPC (Nehme et al., NeurIPS
-    2023): a plain UNet on [low-res, mean-model output] (twice `in_channels`) whose last
-    layer has K direction images. forward(x) returns the directions, orthonormalised by
-    Gram-Schmidt as flat vectors [B, K, C, H, W] (float32), and the variance along each
-    [B, K]: the squared norm of its image before normalisation, as in NPPC. The direction
-    loss sees only where an image points, the variance loss only how long it is, so the two
-    do not compete for the output layer. Both in [-1, 1] units.
-    """
-
-    def __init__(self, image_size, in_channels, image_channels, num_pcs, *args, **kwargs):
-        super().__init__(image_size, in_channels * 2, *args, **kwargs)
-        if num_pcs < 1 or self.out_channels != num_pcs * image_channels:
-            raise ValueError(f"num_pcs {num_pcs} must be at least 1, with out_channels K * C")
-        self.num_pcs, self.image_channels = num_pcs, image_channels
-        # The last conv starts at zero (guided-diffusion's zero_module), and a zero vector has
-        # no direction: it starts from PyTorch's default conv init instead, scaled by
-        # 1 / sqrt(C H W) so that the squared norms (the variances) start near 0.1, not at D / 10.
-        conv = self.out[-1]
-        with th.no_grad():
-            nn.init.kaiming_uniform_(conv.weight, a=math.sqrt(5))
-            conv.weight.mul_((image_channels * image_size ** 2) ** -0.5)
-
-    def forward(self, x):
-        raw = super().forward(x).float()
-        B, _, H, W = raw.shape
-        directions, norms = gram_schmidt(raw.reshape(B, self.num_pcs, -1))
-        return directions.reshape(B, self.num_pcs, self.image_channels, H, W), norms ** 2

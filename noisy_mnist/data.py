@@ -8,8 +8,8 @@ import os
 
 import torch as th
 
-from guided_diffusion.cli import UserError, require_file
-from guided_diffusion.io_util import torch_load, torch_load_error
+from runkit import UserError, require_file
+from runkit.fileio import torch_load, torch_load_error
 
 from .model import NUM_CLASSES
 

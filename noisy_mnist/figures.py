@@ -13,8 +13,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from guided_diffusion.cli import FlagParser, require_file, run_main
-from guided_diffusion.io_util import save_png
+from runkit import FlagParser, require_file, run_main
+from runkit.fileio import save_png
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_RESULTS = os.path.join(ROOT, "data", "paper_mnist_results.json")

@@ -8,8 +8,8 @@ import torch as th
 import torch.nn as nn
 import torch.nn.functional as F
 
-from guided_diffusion.cli import UserError
-from guided_diffusion.io_util import load_model_weights
+from runkit import AT_LEAST_ONE, UserError
+from runkit.fileio import load_model_weights
 
 NUM_CLASSES = 10
 # conv1 -> pool -> conv2 -> pool leaves 16 channels of 4x4 on a 28x28 image.
@@ -18,6 +18,9 @@ CONV_FEATURES = 16 * 4 * 4
 
 def model_defaults():
     return dict(input_dim=CONV_FEATURES, hidden_dims="128,64")
+
+
+MODEL_RULES = dict(input_dim=AT_LEAST_ONE)
 
 
 class SimpleCNN(nn.Module):

@@ -12,8 +12,8 @@ import re
 import numpy as np
 import torch as th
 
-from guided_diffusion.cli import UserError
-from guided_diffusion.io_util import load_pickle, save_pickle
+from runkit import UserError
+from runkit.fileio import load_pickle, save_pickle
 
 from .model import NUM_CLASSES
 

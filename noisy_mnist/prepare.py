@@ -12,7 +12,7 @@ import zlib
 import numpy as np
 import torch as th
 
-from guided_diffusion.cli import UserError, require_dir
+from runkit import UserError, require_dir
 
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

@@ -37,17 +37,19 @@ from types import SimpleNamespace
 
 import torch as th
 
-from guided_diffusion import dist_util
-from guided_diffusion.cli import (
+from runkit import (
+    AT_LEAST_ONE,
     FORWARDED_STOP,
+    NON_NEGATIVE,
     UserError,
-    check_numeric_flags,
+    check_flags,
+    dist_util,
     ignore_stop_signals,
     require_file,
     stop_requested,
     stop_signals,
 )
-from guided_diffusion.io_util import atomic_write, record_run_flags, save_json
+from runkit.fileio import atomic_write, record_run_flags, save_json
 
 from . import figures, tasks
 from .data import load_split, to_inputs
@@ -74,6 +76,10 @@ def sweep_defaults():
         eval_batch_size=2000,
         paper_results=figures.PAPER_RESULTS,
     )
+
+
+SWEEP_RULES = dict(max_step=AT_LEAST_ONE, save_interval=AT_LEAST_ONE, log_interval=AT_LEAST_ONE, seed=NON_NEGATIVE,
+                   stack=AT_LEAST_ONE, workers=AT_LEAST_ONE, eval_batch_size=AT_LEAST_ONE)
 
 
 def stage_args(cfg, **overrides):
@@ -292,7 +298,7 @@ def run_sweep(cfg):
 
 def _run_sweep(cfg):
     start = time.time()
-    check_numeric_flags(SimpleNamespace(**cfg))  # as the parser does (tests call this directly)
+    check_flags(SimpleNamespace(**cfg), SWEEP_RULES)  # as the parser does (tests call this directly)
     require_file(cfg["paper_results"], "paper_results")
     levels = target_levels(cfg)
     for split in ("train", "test"):

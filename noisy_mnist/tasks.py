@@ -18,19 +18,24 @@ import numpy as np
 import torch as th
 import torch.nn.functional as F
 
-from guided_diffusion import dist_util, logger
-from guided_diffusion.cli import UserError, check_choice, check_numeric_flags, require_file
-from guided_diffusion.io_util import save_json, save_torch
-from guided_diffusion.train_util import (
-    TrainLoop,
-    list_checkpoints,
-    parse_resume_step_from_filename,
-    resolve_resume_checkpoint,
+from runkit import (
+    AT_LEAST_ONE,
+    NON_NEGATIVE,
+    POSITIVE,
+    Rule,
+    UserError,
+    check_choice,
+    check_flags,
+    dist_util,
+    logger,
+    require_file,
 )
+from runkit.fileio import save_json, save_torch
+from runkit.training import TrainLoop, list_checkpoints, parse_resume_step_from_filename, resolve_resume_checkpoint
 
 from . import figures
 from .data import load_split, to_inputs, train_batches
-from .model import NUM_CLASSES, create_model, load_weights, model_defaults, predict_logits
+from .model import MODEL_RULES, NUM_CLASSES, create_model, load_weights, model_defaults, predict_logits
 from .noise import (
     MODEL_NOISE_VARIANTS,
     NOISE_TYPES,
@@ -74,12 +79,18 @@ def mnist_defaults():
     )
 
 
+MNIST_RULES = dict(lr=POSITIVE, batch_size=AT_LEAST_ONE, max_step=AT_LEAST_ONE, log_interval=AT_LEAST_ONE,
+                   save_interval=AT_LEAST_ONE, seed=NON_NEGATIVE, eval_batch_size=AT_LEAST_ONE,
+                   alpha=Rule(lambda v: 0 <= v <= 1, "in [0, 1] (the probability kept on the true class)"),
+                   **MODEL_RULES)
+
+
 def run(args, console=True):
     """Run the task that args.task names; console=False: no progress bar, log to files only."""
     check_choice(args.task, list(TASK_FUNCTIONS), "task")
     check_choice(args.noise_type, NOISE_TYPES, "noise_type")
     check_choice(args.model_noise, MODEL_NOISE_VARIANTS, "model_noise")
-    check_numeric_flags(args)  # as the parser does (the sweep calls this without one)
+    check_flags(args, MNIST_RULES)  # as the parser does (the sweep calls this without one)
     th.manual_seed(args.seed)
     np.random.seed(args.seed)
     dist_util.keep_freed_memory()

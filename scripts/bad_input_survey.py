@@ -26,10 +26,10 @@ import time
 
 import numpy as np
 
+from runkit import create_argparser, run_main
+from runkit.fileio import save_json
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from guided_diffusion.cli import create_argparser, run_main  # noqa: E402
-from guided_diffusion.io_util import save_json  # noqa: E402
 
 SR16 = "--large_size 16 --small_size 4".split()
 MEAN = SR16 + ("--attention_resolutions 8 --model_channels 32 --num_heads 2 --num_res_blocks 1 --channel_mult 1,2 "

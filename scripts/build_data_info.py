@@ -10,14 +10,11 @@ A list that exists is replaced by a different one only with --overwrite True.
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from guided_diffusion import logger  # noqa: E402
-from guided_diffusion.cli import UserError, create_argparser, require_file, run_main  # noqa: E402
-from guided_diffusion.io_util import save_pickle  # noqa: E402
-from sr_var.data import IMAGE_EXTENSIONS, load_data_info  # noqa: E402
-from sr_var.data_info import build_data_info  # noqa: E402
+from runkit import AT_LEAST_ONE, NON_NEGATIVE, UserError, create_argparser, logger, require_file, run_main
+from runkit.fileio import save_pickle
+from sr_var.data import IMAGE_EXTENSIONS, load_data_info
+from sr_var.data_info import build_data_info
 
 SHIPPED_EVAL_LIST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                  "data", "sr_imagenet", "to_sample_data_info.pkl")
@@ -26,7 +23,8 @@ SHIPPED_EVAL_LIST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath
 @run_main
 def main():
     parser = create_argparser(dict(data_dir="", out_dir="data/sr_imagenet", num_per_class=2, seed=0,
-                                   exclude_list="", resample=False, overwrite=False), description=__doc__)
+                                   exclude_list="", resample=False, overwrite=False),
+                              rules=dict(num_per_class=AT_LEAST_ONE, seed=NON_NEGATIVE), description=__doc__)
     args = parser.parse_args()
     eval_path = os.path.join(args.out_dir, "to_sample_data_info.pkl")
     exclude = []

@@ -7,13 +7,10 @@ Write the exact testbed (a Gaussian scale mixture, SPEC.md) as an image folder:
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from guided_diffusion import logger  # noqa: E402
-from guided_diffusion.cli import UserError, create_argparser, require_writable_dir, run_main  # noqa: E402
-from guided_diffusion.io_util import record_run_flags  # noqa: E402
-from sr_var.testbed import TestbedParams, write_testbed_dataset  # noqa: E402
+from runkit import NON_NEGATIVE, UserError, create_argparser, logger, require_writable_dir, run_main
+from runkit.fileio import record_run_flags
+from testbed import TESTBED_CHECKS, TESTBED_RULES, TestbedParams, write_testbed_dataset
 
 
 @run_main
@@ -22,7 +19,9 @@ def main():
     parser = create_argparser(dict(out_dir="data/sr_testbed", large_size=d.large_size, small_size=d.small_size,
                                    scales=",".join(map(str, d.scales)), length_scale=d.length_scale,
                                    channel_correlation=d.channel_correlation, num_train=2000, num_eval=16,
-                                   seed=0), description=__doc__)
+                                   seed=0),
+                              rules=dict(TESTBED_RULES, num_train=NON_NEGATIVE), checks=TESTBED_CHECKS,
+                              description=__doc__)
     args = parser.parse_args()
     try:
         scales = tuple(float(s) for s in args.scales.split(","))

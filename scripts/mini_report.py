@@ -8,14 +8,12 @@ files the stages wrote; writes {out_dir}/results.md and {out_dir}/results.json.
 import glob
 import json
 import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from guided_diffusion.cli import create_argparser, require_file, run_main  # noqa: E402
-from guided_diffusion.io_util import atomic_write, save_json  # noqa: E402
-from noisy_mnist.figures import PAPER_NAMES, PAPER_RESULTS, load_paper  # noqa: E402
+from noisy_mnist.figures import PAPER_NAMES, PAPER_RESULTS, load_paper
+from runkit import NON_NEGATIVE, create_argparser, require_file, run_main
+from runkit.fileio import atomic_write, save_json
 
 
 def load_json(path, flag="out_dir"):
@@ -125,6 +123,7 @@ def sr_section(sr):
 @run_main
 def main():
     args = create_argparser(dict(out_dir="outputs/mini", paper_results=PAPER_RESULTS, wall_time_s=0.0),
+                            rules=dict(wall_time_s=NON_NEGATIVE),
                             description=__doc__).parse_args()
     mnist = load_json(os.path.join(args.out_dir, "mnist", "results.json"))
     sr = load_json(os.path.join(args.out_dir, "logs", "sr_compare", "results.json"))

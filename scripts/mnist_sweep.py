@@ -15,17 +15,14 @@ softmax) is the target, found by bisection; at most 1.
 """
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from guided_diffusion.cli import create_argparser, run_main  # noqa: E402
-from noisy_mnist.sweep import run_sweep, sweep_defaults  # noqa: E402
+from noisy_mnist.sweep import SWEEP_RULES, run_sweep, sweep_defaults
+from runkit import create_argparser, run_main
 
 
 @run_main
 def main():
-    parser = create_argparser(sweep_defaults(), description=__doc__)
+    parser = create_argparser(sweep_defaults(), rules=SWEEP_RULES, description=__doc__)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     run_sweep(vars(parser.parse_args()))
 

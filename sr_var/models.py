@@ -1,37 +1,20 @@
 """
-Building the mean, variance and principal components models from flags or from the
-args pickles of a run (`mean_model_args.pkl`, `var_model_args.pkl`, `pc_model_args.pkl`),
-with the checks that turn a contradiction between them, or a checkpoint that does not fit,
-into a one-line error.
+The model flags of a run, from the command line or from its args pickle
+(`{kind}_model_args.pkl`), with the checks that turn a contradiction between them into a
+one-line error; and the frozen mean model that the variance and PC stages need (a trained
+one, or the testbed's exact posterior mean).
 """
 
 import argparse
 import os
 
-import numpy as np
-import torch as th
+from guided_diffusion.script_util import parse_channel_mult
+from runkit import UserError, args_to_dict, dist_util, logger
+from runkit.fileio import load_model_weights, load_pickle
+from testbed import ExactMeanModel, is_testbed_file, load_testbed
 
-from guided_diffusion import dist_util, logger
-from guided_diffusion.cli import UserError, args_to_dict
-from guided_diffusion.io_util import load_model_weights, load_pickle
-from guided_diffusion.script_util import (
-    MEAN_FLAG_NAMES,
-    create_mean_model,
-    create_pc_model,
-    create_var_model,
-    mean_model_defaults,
-    parse_channel_mult,
-    pc_model_defaults,
-    var_model_defaults,
-)
-
-from .data import bilinear_upsample
-from .testbed import is_testbed_file, load_testbed
-
-# kind -> (the model's flags with their defaults, the function that builds it)
-MODEL_KINDS = {"mean": (mean_model_defaults, create_mean_model),
-               "var": (var_model_defaults, create_var_model),
-               "pc": (pc_model_defaults, create_pc_model)}
+from .kinds import MEAN
+from .networks import MEAN_FLAG_NAMES, mean_model_defaults
 
 # Flags of the args pickles that choose how a model runs, not what it is.
 RUNTIME_FLAGS = {"use_fp16", "use_checkpoint", "dropout"}
@@ -62,17 +45,17 @@ def check_flags_match(saved, args, explicit, source, advice="drop the flag or us
 
 def model_args_for_run(args, explicit, kind, pickle_path, fresh_run=False):
     """
-    The model flags of a run: read from `pickle_path` when it exists (checked against the
+    The model flags of a run of `kind` (a kinds.ModelKind): read from `pickle_path` when it exists (checked against the
     flags given on the command line), else taken from the command line. A fresh training
     (`fresh_run`) takes the command line's and refuses an args pickle that holds other
     flags: the log_dir belongs to another run, whose checkpoints it describes.
     """
-    defaults = MODEL_KINDS[kind][0]()
+    defaults = kind.defaults()
     if os.path.exists(pickle_path):
-        saved = load_pickle(pickle_path, what=f"{kind}-model args pickle")
+        saved = load_pickle(pickle_path, what=f"{kind.name}-model args pickle")
         if not isinstance(saved, dict) or set(saved) - set(defaults):
-            raise UserError(f"{pickle_path!r} is not a {kind}-model args pickle "
-                            f"(expected the keys of {kind}_model_defaults())")
+            raise UserError(f"{pickle_path!r} is not a {kind.name}-model args pickle "
+                            f"(expected the keys of {kind.name}_model_defaults())")
         if fresh_run:
             given = args_to_dict(args, defaults.keys())
             check_flags_match(saved, argparse.Namespace(**given), set(given), pickle_path,
@@ -85,37 +68,6 @@ def model_args_for_run(args, explicit, kind, pickle_path, fresh_run=False):
         logger.log(f"model flags from {pickle_path}")
         return model_args
     return args_to_dict(args, defaults.keys())
-
-
-def build_model(kind, model_args):
-    try:
-        return MODEL_KINDS[kind][1](**model_args)
-    except (ValueError, TypeError, AssertionError) as e:
-        raise UserError(f"cannot build the {kind} model from its flags: {e}") from None
-
-
-class ExactMeanModel(th.nn.Module):
-    """
-    The exact testbed's posterior mean E[x | y] = M y as a mean model (an oracle): forward
-    takes the bilinear low-res input as a trained mean model does. Bilinear upsampling has
-    full column rank, so y is recovered from it exactly (least squares); the whole map is
-    one fixed linear operator per channel.
-    """
-
-    def __init__(self, testbed):
-        super().__init__()
-        p = testbed.params
-        n = p.small_size ** 2
-        basis = th.eye(n, dtype=th.float64).reshape(n, 1, p.small_size, p.small_size)
-        upsample = bilinear_upsample(basis, p.large_size).reshape(n, -1).T  # [H*W, h*w]
-        posterior_mean = np.kron(testbed.M1, testbed.M1)  # y (h*w) -> E[x | y] (H*W), per channel
-        operator = posterior_mean @ np.linalg.pinv(upsample.numpy())
-        self.register_buffer("operator", th.as_tensor(operator, dtype=th.float32))
-        self.large_size = p.large_size
-
-    def forward(self, low_res_up):
-        B, C, H, W = low_res_up.shape
-        return (low_res_up.float().reshape(B * C, H * W) @ self.operator.T).reshape(B, C, H, W)
 
 
 def load_mean_model(mean_model_path, mean_model_args_path, device, use_fp16, sizes=None):
@@ -141,7 +93,7 @@ def load_mean_model(mean_model_path, mean_model_args_path, device, use_fp16, siz
         raise UserError(f"the mean run of {mean_model_args_path!r} is {mean_args['small_size']}->"
                         f"{mean_args['large_size']} px, the variance model {sizes[1]}->{sizes[0]} px; "
                         f"use a mean run of the same sizes or set --small_size / --large_size to match")
-    model = build_model("mean", mean_args)
+    model = MEAN.build(mean_args)
     if not mean_model_path:
         raise UserError("--mean_model_path is required (a checkpoint of sr_mean_train.py)")
     load_model_weights(model, mean_model_path, "mean_model_path", MEAN_FLAG_NAMES)
@@ -149,13 +101,6 @@ def load_mean_model(mean_model_path, mean_model_args_path, device, use_fp16, siz
     if use_fp16 and device.type == "cuda":
         model.convert_to_fp16()
     return model
-
-
-def mean_and_var_input(mean_model, low_res_up):
-    """The variance (and PC) model's input [low-res, mean] and the mean itself (no gradients)."""
-    with th.no_grad():
-        mean = mean_model(low_res_up).float()
-    return th.cat([low_res_up, mean], dim=1), mean
 
 
 def use_fp16_here(use_fp16):

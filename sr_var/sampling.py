@@ -30,19 +30,15 @@ import time
 import numpy as np
 import torch as th
 
-from guided_diffusion import dist_util, logger, samplers
-from guided_diffusion.cli import UserError, check_choice, check_stop
-from guided_diffusion.io_util import load_model_weights, png_is_complete, record_run_flags, remove_stale_tmp, save_png
+from guided_diffusion import samplers
 from guided_diffusion.samplers import SAMPLERS
-from guided_diffusion.script_util import (
-    NUM_CLASSES,
-    SR_FLAG_NAMES,
-    diffusion_from_flags,
-    sr_create_model_and_diffusion,
-)
+from guided_diffusion.script_util import NUM_CLASSES, SR_FLAG_NAMES, diffusion_from_flags, sr_create_model_and_diffusion
+from imaging import area_downsample, to_float, to_uint8
+from runkit import AT_LEAST_ONE, NON_NEGATIVE, UserError, check_choice, check_stop, dist_util, logger
+from runkit.fileio import load_model_weights, png_is_complete, record_run_flags, remove_stale_tmp, save_png
+from testbed import ExactTestbedTeacher, TestbedTeacher, is_testbed_file, load_testbed
 
-from .data import area_downsample, flatten_data_info, load_data_info, load_image, resolve_images, to_float, to_uint8
-from .testbed import is_testbed_file, load_testbed
+from .data import flatten_data_info, load_data_info, load_image, resolve_images
 
 
 def sampling_defaults():
@@ -64,6 +60,10 @@ def sampling_defaults():
         sampler="ancestral",  # ancestral, ddim, dpmpp_2m, dpmpp_2m_sde, analytic_ddim (guided_diffusion.samplers)
         eta=0.0,  # the noise of ddim and analytic_ddim (0: deterministic DDIM; 1: the ancestral process)
     )
+
+
+SAMPLING_RULES = dict(num_samples_per_image=AT_LEAST_ONE, batch_size=AT_LEAST_ONE, local_rank=NON_NEGATIVE,
+                      seed=NON_NEGATIVE, eta=NON_NEGATIVE)
 
 
 def sampler_name(args):
@@ -124,66 +124,6 @@ def sample_seed(seed, file_name, index):
     """The seed of sample `index` of an image: reruns redraw exactly the same sample."""
     digest = hashlib.sha256(f"{seed}/{file_name}/{index}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & 0x7FFFFFFFFFFFFFFF
-
-
-class TestbedTeacher(th.nn.Module):
-    """
-    Stands in for the DDPM-SR network on the exact testbed: returns the exact epsilon
-    E[eps | x_t, y] and, for a learned-sigma diffusion, the variance channel that makes the
-    sampler's reverse step use the exact per-pixel variance of x_{t-1} given x_t:
-    posterior_variance + coef1^2 Var[x_0 | x_t, y].
-    """
-
-    def __init__(self, testbed, diffusion, learn_sigma):
-        super().__init__()
-        if diffusion.rescale_timesteps:
-            raise UserError("the testbed teacher needs --rescale_timesteps False")
-        self.testbed = testbed
-        self.learn_sigma = learn_sigma
-        # The sampler calls the model with the base process's timesteps; map them back.
-        inverse = np.full(max(diffusion.timestep_map) + 1, -1)
-        inverse[diffusion.timestep_map] = np.arange(len(diffusion.timestep_map))
-        self.register_buffer("respaced_index", th.from_numpy(inverse), persistent=False)
-        for name in ("alphas_cumprod", "posterior_variance", "posterior_mean_coef1",
-                     "posterior_log_variance_clipped", "log_betas"):
-            self.register_buffer(name, th.from_numpy(getattr(diffusion, name)), persistent=False)
-        self.dtype = th.float32
-
-    def forward(self, x, timesteps, low_res=None, y=None):
-        del y  # the testbed's posterior does not depend on the class
-        j = self.respaced_index[timesteps]
-        alpha_bar = self.alphas_cumprod[j]
-        x0, var_x0 = self.testbed.denoise(x, alpha_bar, low_res)
-        view = lambda v: v.view(-1, 1, 1, 1)  # noqa: E731
-        eps = (x.double() - view(alpha_bar.sqrt()) * x0) / view((1 - alpha_bar).sqrt())
-        if not self.learn_sigma:
-            return eps.float()
-        step_var = view(self.posterior_variance[j]) + view(self.posterior_mean_coef1[j]) ** 2 * var_x0
-        min_log, max_log = view(self.posterior_log_variance_clipped[j]), view(self.log_betas[j])
-        frac = (th.log(step_var.clamp(min=1e-20)) - min_log) / (max_log - min_log)
-        return th.cat([eps, 2 * frac - 1], dim=1).float()
-
-
-class ExactTestbedTeacher:
-    """
-    The reference teacher on the exact testbed: exact posterior samples through the chain of
-    exact reverse transitions over the diffusion's (respaced) steps (testbed.sample_exact_chain).
-    It replaces the sampler as a whole, not only the network.
-    """
-
-    def __init__(self, testbed, diffusion):
-        self.testbed = testbed
-        self.alphas_cumprod = diffusion.alphas_cumprod
-
-    def to(self, device):
-        del device
-        return self
-
-    def eval(self):
-        return self
-
-    def sample(self, low_res, noise):
-        return self.testbed.sample_exact_chain(low_res, self.alphas_cumprod, noise.normal, noise.uniform)
 
 
 def load_sampler_model(args, model_and_diffusion_args):

@@ -1,17 +1,23 @@
 """
-Training the mean model (MSE to x_hr), the variance model (MSE to (x_hr - mean)^2) and the
-principal components model (principal_components_loss of x_hr - mean) through the
-project's one TrainLoop.
+Training a model of any kind (sr_var.kinds: the mean model by the MSE to x_hr, the variance
+model by the MSE to (x_hr - mean)^2, the principal components model by its loss on
+x_hr - mean) through the project's one TrainLoop.
 """
 
 import os
 
-import torch.nn.functional as F
-
-from guided_diffusion import dist_util, logger
-from guided_diffusion.cli import UserError, require_writable_dir
-from guided_diffusion.io_util import save_pickle
-from guided_diffusion.train_util import TrainLoop, resolve_resume_checkpoint
+from runkit import (
+    AT_LEAST_ONE,
+    NON_NEGATIVE,
+    POSITIVE,
+    UserError,
+    create_argparser,
+    dist_util,
+    logger,
+    require_writable_dir,
+)
+from runkit.fileio import save_pickle
+from runkit.training import TrainLoop, resolve_resume_checkpoint
 
 from .data import (
     check_batch_size,
@@ -20,12 +26,9 @@ from .data import (
     resolve_images,
     seed_everything,
     sr_training_pairs,
-    to_uint8,
     training_batches,
 )
-from .models import build_model, load_mean_model, mean_and_var_input, model_args_for_run
-from .principal_components import principal_components_loss
-from .visualize import sr_tiles, std_to_uint8, tile
+from .models import load_mean_model, model_args_for_run
 
 
 def training_defaults():
@@ -56,8 +59,21 @@ def training_defaults():
     )
 
 
+TRAINING_RULES = dict(lr=POSITIVE, weight_decay=NON_NEGATIVE, lr_anneal_steps=NON_NEGATIVE, batch_size=AT_LEAST_ONE,
+                      fp16_scale_growth=NON_NEGATIVE, max_step=AT_LEAST_ONE, log_interval=AT_LEAST_ONE,
+                      save_interval=AT_LEAST_ONE, local_rank=NON_NEGATIVE, seed=NON_NEGATIVE,
+                      image_interval=NON_NEGATIVE, num_workers=NON_NEGATIVE, max_cache_gb=NON_NEGATIVE)
+
+
+def training_parser(kind, description=None):
+    """The flags of a kind's training stage: the loop's, the mean model's paths where it needs one, the model's."""
+    mean_paths = dict(mean_model_path="", mean_model_args_path="") if kind.needs_mean_model else {}
+    return create_argparser({**training_defaults(), **mean_paths, **kind.defaults()},
+                            rules={**TRAINING_RULES, **kind.rules}, checks=kind.checks, description=description)
+
+
 def train(args, explicit, kind):
-    """The body of sr_mean_train.py (kind "mean"), sr_var_train.py ("var") and sr_pc_train.py ("pc")."""
+    """The body of sr_mean_train.py, sr_var_train.py and sr_pc_train.py: `kind` is a kinds.ModelKind."""
     for flag in ("log_dir", "model_save_dir"):
         if not getattr(args, flag):
             raise UserError(f"--{flag} is required")
@@ -71,12 +87,12 @@ def train(args, explicit, kind):
     paths = resolve_images(args.data_dir, names, args.data_info_dict_path)
     check_batch_size(len(paths), args.batch_size, args.data_info_dict_path)
     resume = resolve_resume_checkpoint(args.model_save_dir, args.resume_checkpoint)
-    pickle_path = os.path.join(args.log_dir, f"{kind}_model_args.pkl")
+    pickle_path = os.path.join(args.log_dir, kind.args_pickle)
     # A fresh run takes the flags (and refuses another run's args pickle); a resumed run takes the saved ones.
     model_args = model_args_for_run(args, explicit, kind, pickle_path, fresh_run=not resume)
-    model = build_model(kind, model_args)
+    model = kind.build(model_args)
     mean_model = None
-    if kind != "mean":
+    if kind.needs_mean_model:
         mean_model = load_mean_model(args.mean_model_path, args.mean_model_args_path, device, args.use_fp16,
                                      sizes=(model_args["large_size"], model_args["small_size"]))
 
@@ -86,50 +102,18 @@ def train(args, explicit, kind):
     if dist_util.get_rank() == 0 and not os.path.exists(pickle_path):
         save_pickle(model_args, pickle_path)
         logger.log(f"saved model flags to {pickle_path}")
-    logger.log(f"{kind} model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+    logger.log(f"{kind.name} model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
                f"{len(paths)} training images")
 
     batches = training_batches(paths, image_size=model_args["large_size"], batch_size=args.batch_size,
                                num_workers=args.num_workers, max_cache_gb=args.max_cache_gb, seed=args.seed)
     pairs = sr_training_pairs(batches, model_args["small_size"], device, seed=args.seed)
 
-    if kind == "mean":
-        def loss_fn(net, low_res_up, high_res):
-            output = net(low_res_up)
-            return F.mse_loss(output.float(), high_res), output
+    def loss_fn(net, low_res_up, high_res):
+        return kind.loss(net, low_res_up, high_res, mean_model)
 
-        def image_fn(step, micro, output):
-            logger.write_image("train_images", sr_tiles(micro[0], output, micro[1]), step)
-    elif kind == "pc":
-        def loss_fn(net, low_res_up, high_res):
-            inputs, mean = mean_and_var_input(mean_model, low_res_up)
-            directions, variances = net(inputs)
-            # the output shown: sigma_k w_k, each direction at its standard deviation
-            return (principal_components_loss(directions, variances, high_res - mean),
-                    directions * variances.clamp(min=0).sqrt()[:, :, None, None, None])
-
-        def image_fn(step, micro, output):
-            low_res_up, _ = micro
-            _, mean = mean_and_var_input(mean_model, low_res_up)
-            n = 4
-            columns = [to_uint8(low_res_up[:n].cpu()), to_uint8(mean[:n].cpu())]
-            for k in range(min(3, output.shape[1])):  # mean +- 2 sigma_k w_k
-                columns += [to_uint8((mean[:n] + sign * 2 * output[:n, k]).cpu()) for sign in (1, -1)]
-            logger.write_image("train_images", tile(columns), step)
-    else:
-        def loss_fn(net, low_res_up, high_res):
-            inputs, mean = mean_and_var_input(mean_model, low_res_up)
-            output = net(inputs)
-            return F.mse_loss(output.float(), (high_res - mean) ** 2), output
-
-        def image_fn(step, micro, output):
-            low_res_up, high_res = micro
-            inputs, mean = mean_and_var_input(mean_model, low_res_up)
-            label = (high_res - mean) ** 2
-            n = 4
-            columns = [to_uint8(low_res_up[:n].cpu()), to_uint8(mean[:n].cpu()),
-                       std_to_uint8(output[:n].cpu()), std_to_uint8(label[:n].cpu())]
-            logger.write_image("train_images", tile(columns), step)
+    def image_fn(step, micro, output):
+        logger.write_image("train_images", kind.train_tiles(micro, output, mean_model), step)
 
     TrainLoop(
         model=model,

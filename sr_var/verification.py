@@ -9,29 +9,20 @@ Per image the "ground truth" of the paper is the mean and variance of N DDPM-SR 
 written next to them as high_res_mean.png and high_res_var.pkl (float64 HWC, [0, 255]^2).
 """
 
-import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from guided_diffusion import logger
-from guided_diffusion.cli import UserError, require_dir, require_writable_dir
-from guided_diffusion.io_util import atomic_write, load_pickle, save_json, save_pickle, save_png
+from imaging import metrics
+from runkit import AT_LEAST_ONE, NON_NEGATIVE, UserError, logger, require_dir, require_writable_dir
+from runkit.fileio import atomic_write, save_json, save_pickle, save_png
+from testbed import load_testbed
+from testbed.scoring import exact_posterior, group_by_scale, name_seed  # noqa: F401 (exact_posterior: its old home)
 
-from . import metrics
 from . import principal_components as pcs
-from .data import (
-    area_downsample,
-    flatten_data_info,
-    load_data_info,
-    load_image,
-    low_res_input,
-    read_image,
-    resolve_images,
-    to_float,
-)
-from .testbed import load_testbed, quantize
+from .data import flatten_data_info, load_data_info, load_image, read_image, resolve_images
+from .kinds import MEAN, VAR
 
 TILE_TITLES = ("ground truth", "DDPM-SR mean", "mean model", "|truth - mean model|", "DDPM-SR std",
                "variance-model std", "exact posterior std")
@@ -57,6 +48,11 @@ def verification_defaults():
         # "none" = skip them
         pc_model_step="auto",
     )
+
+
+VERIFICATION_RULES = dict(large_size=AT_LEAST_ONE, small_size=AT_LEAST_ONE, num_samples=AT_LEAST_ONE,
+                          mean_model_step=NON_NEGATIVE, var_model_step=NON_NEGATIVE, num_grid_images=NON_NEGATIVE,
+                          max_tensorboard_images=NON_NEGATIVE)
 
 
 def check_samples(ddpm_dir, file_name, num_samples):
@@ -88,21 +84,19 @@ def ddpm_ground_truth(ddpm_dir, file_name, num_samples):
 
 def model_output_paths(output_dir, file_name, mean_step, var_step):
     """The paths of an image's mean- and variance-model outputs; a UserError when one is missing."""
-    mean_path = os.path.join(output_dir, file_name, f"high_res_mean_{mean_step}.png")
-    var_path = os.path.join(output_dir, file_name, f"high_res_var_{var_step}.pkl")
-    if not os.path.exists(mean_path):
-        raise UserError(f"missing mean-model output {mean_path!r}: run sr_mean_test.py with this "
-                        f"--output_dir, or set --mean_model_step / --sr_model_output_dir")
-    if not os.path.exists(var_path):
-        raise UserError(f"missing variance-model output {var_path!r}: run sr_var_test.py with this "
-                        f"--output_dir, or set --var_model_step / --sr_model_output_dir")
-    return mean_path, var_path
+    found = []
+    for kind, step, step_flag, what in ((MEAN, mean_step, "mean_model_step", "mean"),
+                                        (VAR, var_step, "var_model_step", "var")):
+        paths = kind.output_paths(output_dir, file_name, step)
+        if not os.path.exists(paths[what]):
+            raise kind.missing_output(paths[what], step_flag)
+        found.append(paths)
+    return found
 
 
 def model_outputs(output_dir, file_name, mean_step, var_step, size):
-    mean_path, var_path = model_output_paths(output_dir, file_name, mean_step, var_step)
-    mean = read_image(mean_path).astype(np.float64)
-    var = np.asarray(load_pickle(var_path, what="variance pickle"), dtype=np.float64)
+    mean_paths, var_paths = model_output_paths(output_dir, file_name, mean_step, var_step)
+    mean, var = MEAN.read(mean_paths), VAR.read(var_paths)
     if mean.shape != (size, size, 3) or var.shape != (size, size, 3):
         raise UserError(f"model outputs of {file_name!r} are {mean.shape} / {var.shape}, "
                         f"not ({size}, {size}, 3): check --large_size")
@@ -167,11 +161,6 @@ def pc_tiles(mean, directions, variances, count=3):
         tiles += [mean + 2 * np.sqrt(max(v, 0)) * w, mean - 2 * np.sqrt(max(v, 0)) * w]
         shown.append(128 + 127 * w / max(np.abs(w).max(), 1e-12))
     return np.concatenate([np.clip(np.round(t), 0, 255).astype(np.uint8) for t in tiles + shown], axis=1)
-
-
-def to_255(x):
-    """[-1, 1] units -> [0, 255] units."""
-    return (x + 1) * 127.5
 
 
 def image_metrics(truth, ddpm_mean, ddpm_var, model_mean, model_var, exact=None, samples=None):
@@ -268,45 +257,12 @@ def find_testbed(args):
     return testbed
 
 
-def exact_posterior(testbed, truth_uint8_chw, small_size, num_samples=0, seed=0):
-    """
-    Exact posterior mean / variance and the bilinear input, HWC in [0, 255] units, and the
-    covariance ("cov", pcs.ExactCovariance); with num_samples, also the Monte Carlo floor:
-    the samples ("mc_samples"), their mean ("mc_mean") and variance ("mc_var"), stored as
-    the DDPM-SR samples are (uint8) and reduced the same way.
-    """
-    high_res = to_float(truth_uint8_chw[None])
-    y = area_downsample(high_res, small_size).double().numpy()[0]
-    hwc = lambda a: np.moveaxis(a, -3, -1)  # noqa: E731  [..., C, H, W] -> [..., H, W, C]
-    result = {
-        "mean": hwc(to_255(testbed.posterior_mean(y))),
-        "var": hwc(testbed.posterior_variance(y) * 127.5 ** 2),
-        "bilinear": hwc(to_255(low_res_input(high_res, small_size)[0].double().numpy())),
-    }
-    if num_samples:
-        draws = quantize(testbed.sample_posterior(y, num_samples, np.random.default_rng(seed)))
-        exact_samples = hwc(draws).astype(np.float64)
-        result.update(mc_mean=np.clip(exact_samples.mean(axis=0), 0, 255), mc_var=exact_samples.var(axis=0),
-                      mc_samples=exact_samples)
-    result["cov"] = pcs.ExactCovariance(testbed, y)
-    return result
-
-
-def name_seed(name):
-    """A fixed seed per image name (the Monte Carlo floor's draws are reproducible)."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
-
-
 def scale_groups(testbed, images, per_image):
     """
     The variance ratios per mixture scale: testbed images are grouped by their class, which
     is the component k they were drawn from (scale s_k); each group with its interval.
     """
-    groups = {}
-    for (name, y), result in zip(images, per_image):
-        scale = testbed.scales[y] if 0 <= y < len(testbed.scales) else None
-        key = f"s={scale:g}" if scale is not None else f"class {y}"
-        groups.setdefault(key, []).append(result["exact"]["var_ratio"])
+    groups = group_by_scale([r["exact"]["var_ratio"] for r in per_image], [y for _, y in images], testbed.scales)
     return {key: {"num_images": len(ratios), **metrics.average(ratios), "ci95": metrics.bootstrap_interval(ratios)}
             for key, ratios in sorted(groups.items())}
 

@@ -4,8 +4,6 @@ Image tiles for TensorBoard and the verification figures.
 
 import torch as th
 
-from .data import to_uint8
-
 
 def tile(rows):
     """
@@ -25,8 +23,3 @@ def std_to_uint8(var, max_value=None):
     if max_value is None:
         max_value = std.flatten(1).amax(dim=1).clamp(min=1e-12)[:, None, None, None]
     return (std / max_value * 255).clamp(0, 255).round().to(th.uint8)
-
-
-def sr_tiles(low_res_up, output, target, n=4):
-    """low-res input | model output | target, for up to n images ([-1, 1] floats)."""
-    return tile([to_uint8(t[:n].float().cpu()) for t in (low_res_up, output, target)])

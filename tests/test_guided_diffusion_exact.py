@@ -11,14 +11,11 @@ import torch as th
 
 from guided_diffusion.script_util import (
     create_gaussian_diffusion,
-    create_mean_model,
-    create_var_model,
-    mean_model_defaults,
     sr_create_model_and_diffusion,
     sr_model_and_diffusion_defaults,
-    var_model_defaults,
 )
 from guided_diffusion.unet import SuperResModel, set_attention_backend
+from sr_var.networks import create_mean_model, create_var_model, mean_model_defaults, var_model_defaults
 from tests.conftest import fixture_path
 
 

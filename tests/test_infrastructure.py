@@ -14,26 +14,26 @@ import pytest
 import torch as th
 import torch.nn.functional as F
 
-from guided_diffusion import logger
-from guided_diffusion.cli import (
-    FlagParser,
-    Preempted,
-    UserError,
-    add_dict_to_argparser,
-    closest_path,
-    explicit_flags,
-    require_file,
-    str2bool,
-)
 from guided_diffusion.fp16_util import MixedPrecisionTrainer
-from guided_diffusion.io_util import atomic_write, check_state_dict, load_pickle, png_is_complete, save_png
 from guided_diffusion.script_util import (
     SR_FLAG_NAMES,
     create_gaussian_diffusion,
     sr_create_model_and_diffusion,
     sr_model_and_diffusion_defaults,
 )
-from guided_diffusion.train_util import TrainLoop
+from runkit import (
+    FlagParser,
+    Preempted,
+    UserError,
+    add_dict_to_argparser,
+    closest_path,
+    explicit_flags,
+    logger,
+    require_file,
+    str2bool,
+)
+from runkit.fileio import atomic_write, check_state_dict, load_pickle, png_is_complete, save_png
+from runkit.training import TrainLoop
 from tests.conftest import files_in
 
 
@@ -290,7 +290,7 @@ def test_diffusion_losses_and_samplers_run():
 FAULTS_PER_STEP = """
 import resource, sys
 import torch as th
-from guided_diffusion import dist_util
+from runkit import dist_util
 from noisy_mnist.model import create_model
 from noisy_mnist.tasks import stacked_cross_entropy_loss
 th.set_num_threads(1)

@@ -10,8 +10,6 @@ import pytest
 import torch as th
 import torch.nn.functional as F
 
-from guided_diffusion.cli import UserError
-from guided_diffusion.io_util import load_pickle
 from noisy_mnist.data import train_batches
 from noisy_mnist.model import SimpleCNN
 from noisy_mnist.noise import (
@@ -26,6 +24,8 @@ from noisy_mnist.noise import (
     noise_summary,
     save_noisy_labels,
 )
+from runkit import UserError
+from runkit.fileio import load_pickle
 
 N = 20000
 

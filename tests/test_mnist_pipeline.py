@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch as th
 
-from guided_diffusion.cli import UserError
 from noisy_mnist import tasks
 from noisy_mnist.model import SimpleCNN, create_model
 from noisy_mnist.sweep import COLUMNS, analysis_args, run_dirs, run_sweep, split_into_stacks, sweep_defaults
+from runkit import UserError
 from tests.conftest import assert_user_error, files_in, run_script
 from tests.helpers import snapshot
 

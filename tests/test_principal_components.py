@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import torch as th
 
-from guided_diffusion.script_util import create_pc_model, pc_model_defaults
-from guided_diffusion.unet import gram_schmidt
 from sr_var import principal_components as pcs
+from sr_var.networks import create_pc_model, gram_schmidt, pc_model_defaults
 
 
 def test_gram_schmidt_is_orthonormal_and_each_gradient_stops_at_the_earlier_vectors():
@@ -86,9 +85,9 @@ def test_sample_pca_and_the_subspace_numbers():
 
 def test_bad_pc_inputs_are_one_line_errors(tmp_path):
     """A damaged or mis-sized PC output, and a testbed mean model of other sizes, are UserErrors naming the problem."""
-    from guided_diffusion.cli import UserError
+    from runkit import UserError
     from sr_var.models import load_mean_model
-    from sr_var.testbed import GaussianScaleMixture, TestbedParams
+    from testbed import GaussianScaleMixture, TestbedParams
 
     damaged = tmp_path / "high_res_pcs_1.npz"
     damaged.write_bytes(b"not a zip")

@@ -16,11 +16,11 @@ import pytest
 import torch as th
 from PIL import Image
 
-from guided_diffusion import cli
-from guided_diffusion.cli import UserError, os_error_line
-from guided_diffusion.io_util import atomic_write, load_state_dict
+import runkit as cli
+from runkit import UserError, os_error_line
+from runkit.fileio import atomic_write, load_state_dict
 from sr_var.data import load_image
-from sr_var.testbed import TestbedParams
+from testbed import TestbedParams
 from tests.conftest import ROOT, assert_user_error, run_script
 
 

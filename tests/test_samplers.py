@@ -171,8 +171,8 @@ def test_testbed_samplers_reproduce_the_studys_accuracy(sampler, respacing):
     values differ by 0.2-0.4. (With 48 samples on 2026-11-30: 0.867 / 0.921 / 0.943 and
     1.233 / 1.192 / 1.105 for the three scales.)
     """
-    from sr_var.sampling import TestbedTeacher, sample_images
-    from sr_var.testbed import GaussianScaleMixture, TestbedParams
+    from sr_var.sampling import sample_images
+    from testbed import GaussianScaleMixture, TestbedParams, TestbedTeacher
 
     tb = GaussianScaleMixture(TestbedParams(large_size=32, small_size=8, length_scale=2.0))
     diffusion = create_gaussian_diffusion(steps=1000, learn_sigma=True, timestep_respacing=respacing)

@@ -16,10 +16,10 @@ import pytest
 import torch as th
 from PIL import Image
 
-from guided_diffusion import logger
-from guided_diffusion.io_util import png_is_complete, save_pickle, save_png
-from sr_var import metrics
-from sr_var.testbed import TestbedParams, write_testbed_dataset
+from imaging import metrics
+from runkit import logger
+from runkit.fileio import png_is_complete, save_pickle, save_png
+from testbed import TestbedParams, write_testbed_dataset
 from tests.conftest import ROOT, assert_user_error, run_script
 from tests.helpers import snapshot
 
@@ -164,8 +164,8 @@ def test_teachers_and_sampling_folders(testbed_dir):
 def test_fp16_with_a_testbed_teacher_on_a_gpu_says_so_once():
     """--use_fp16 True with a testbed on CUDA: the teacher has no fp16 form; it runs as is and says so."""
     from guided_diffusion.script_util import create_gaussian_diffusion
-    from sr_var.sampling import TestbedTeacher, use_fp16_where_it_applies
-    from sr_var.testbed import GaussianScaleMixture
+    from sr_var.sampling import use_fp16_where_it_applies
+    from testbed import GaussianScaleMixture, TestbedTeacher
 
     teacher = TestbedTeacher(GaussianScaleMixture(TestbedParams(large_size=16, small_size=4)),
                              create_gaussian_diffusion(learn_sigma=True, timestep_respacing="10"), learn_sigma=True)
@@ -262,9 +262,10 @@ def test_pc_verification_on_the_testbed_scores_the_exact_components_perfectly(te
     verification gives overlap, captured variance and every variance ratio 1, and its
     sample-PCA numbers equal a direct computation. Auto-detection, "none", a missing step.
     """
+    from imaging import area_downsample, to_float
     from sr_var import principal_components as pcs
-    from sr_var.data import area_downsample, flatten_data_info, load_data_info, to_float
-    from sr_var.testbed import load_testbed, quantize
+    from sr_var.data import flatten_data_info, load_data_info
+    from testbed import ExactCovariance, load_testbed, quantize
 
     data = testbed_dir / "data"
     tb = load_testbed(str(data / "testbed.json"))
@@ -281,7 +282,7 @@ def test_pc_verification_on_the_testbed_scores_the_exact_components_perfectly(te
         save_png(quantize(np.moveaxis(tb.posterior_mean(y), 0, -1)), str(out / "high_res_mean_1.png"))
         save_pickle(np.moveaxis(tb.posterior_variance(y), 0, -1).astype(np.float32) * 127.5 ** 2,
                     str(out / "high_res_var_1.pkl"))
-        directions, variances = pcs.ExactCovariance(tb, y).top(3)
+        directions, variances = ExactCovariance(tb, y).top(3)
         pcs.save_pcs(str(out / "high_res_pcs_7.npz"), directions.reshape(3, 16, 16, 3), variances)
         direct.append(pcs.vs_samples(directions.astype(np.float32).astype(np.float64),
                                      variances.astype(np.float32), samples.astype(np.float64)))

@@ -17,8 +17,9 @@ import pytest
 import torch as th
 from PIL import Image
 
-from guided_diffusion.io_util import load_pickle
-from sr_var.data import center_crop_arr, low_res_input, to_float, to_uint8
+from imaging import low_res_input, to_float, to_uint8
+from runkit.fileio import load_pickle
+from sr_var.data import center_crop_arr
 from sr_var.data_info import build_data_info
 from tests.conftest import ROOT, assert_user_error, files_in, run_script
 from tests.helpers import make_image_folder, snapshot

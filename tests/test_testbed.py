@@ -10,23 +10,23 @@ import pytest
 import torch as th
 import torch.nn.functional as F
 
-from guided_diffusion import logger
-from guided_diffusion.script_util import create_gaussian_diffusion, create_mean_model, create_var_model
-from guided_diffusion.train_util import TrainLoop
-from sr_var.data import (
-    area_downsample,
-    flatten_data_info,
-    load_all_images,
-    load_data_info,
-    low_res_input,
-    resolve_images,
-    sr_training_pairs,
-    to_float,
+from guided_diffusion.script_util import create_gaussian_diffusion
+from imaging import area_downsample, low_res_input, to_float
+from runkit import logger
+from runkit.training import TrainLoop
+from sr_var.data import flatten_data_info, load_all_images, load_data_info, resolve_images, sr_training_pairs
+from sr_var.kinds import VAR
+from sr_var.networks import create_mean_model, create_var_model
+from sr_var.sampling import sample_images
+from testbed import (
+    ExactCovariance,
+    ExactTestbedTeacher,
+    GaussianScaleMixture,
+    TestbedParams,
+    TestbedTeacher,
+    quantize,
+    write_testbed_dataset,
 )
-from sr_var.models import mean_and_var_input
-from sr_var.principal_components import ExactCovariance
-from sr_var.sampling import ExactTestbedTeacher, TestbedTeacher, sample_images
-from sr_var.testbed import GaussianScaleMixture, TestbedParams, quantize, write_testbed_dataset
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +210,7 @@ def test_monte_carlo_and_split_half_floors_match_theory():
     1/12 is the rounding), and the split-half estimate (first half against second, / 4)
     has the same expectation; both within 4 exact standard deviations.
     """
-    from sr_var import metrics
+    from imaging import metrics
     from sr_var.verification import exact_posterior
 
     tb = GaussianScaleMixture(TestbedParams(large_size=16, small_size=4, length_scale=1.0))
@@ -280,7 +280,7 @@ def test_theorem_2_2_on_the_exact_testbed(testbed_run):
                         lambda net, lr_up, hr: (F.mse_loss(out := net(lr_up), hr), out), tb, 300, root, "mean")
 
     def var_loss(net, lr_up, hr):
-        inputs, mean = mean_and_var_input(mean_model, lr_up)
+        inputs, mean = VAR.network_input(mean_model, lr_up)
         out = net(inputs)
         return F.mse_loss(out, (hr - mean) ** 2), out
 
@@ -291,7 +291,7 @@ def test_theorem_2_2_on_the_exact_testbed(testbed_run):
     exact_mean, exact_var = th.tensor(tb.posterior_mean(y)), th.tensor(tb.posterior_variance(y))
     with th.no_grad():
         low_res_up = low_res_input(high_res, 4)
-        inputs, mean = mean_and_var_input(mean_model, low_res_up)
+        inputs, mean = VAR.network_input(mean_model, low_res_up)
         var = var_model(inputs).double()
     model_err = (mean.double() - exact_mean).square().mean().item()
     bilinear_err = (low_res_up.double() - exact_mean).square().mean().item()

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from sr_var.testbed_study import crossing
+from studies.testbed_report import crossing
 
 from .conftest import run_script
 

@@ -19,9 +19,11 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import dist_util, logger
-from .cli import Preempted, UserError, lock_folder, stop_requested, stop_signals
-from .fp16_util import INITIAL_LOG_LOSS_SCALE, MixedPrecisionTrainer
-from .io_util import load_state_dict, save_torch, torch_load, torch_load_error
+from .errors import UserError
+from .fileio import load_state_dict, save_torch, torch_load, torch_load_error
+from .mixed_precision import INITIAL_LOG_LOSS_SCALE, MixedPrecisionTrainer
+from .paths import lock_folder
+from .run import Preempted, stop_requested, stop_signals
 
 CHECKPOINT_RE = re.compile(r"^model(\d+)\.pt$")
 

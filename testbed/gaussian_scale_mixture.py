@@ -23,8 +23,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch as th
 
-from guided_diffusion.cli import UserError
-from guided_diffusion.io_util import atomic_write, save_pickle, save_png
+from imaging import to_255
+from runkit import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UserError, multiple_of
+from runkit.fileio import atomic_write, save_pickle, save_png
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,12 @@ class TestbedParams:
         if not low < self.channel_correlation < 1:
             raise ValueError(f"channel_correlation {self.channel_correlation} must lie in ({low:g}, 1) for "
                              f"{self.channels} channels (else the channel covariance is not positive definite)")
+
+
+# The numeric rules of the flags that describe a testbed (make_testbed.py and the studies).
+TESTBED_RULES = dict(large_size=AT_LEAST_ONE, small_size=AT_LEAST_ONE, length_scale=POSITIVE, num_eval=AT_LEAST_ONE,
+                     seed=NON_NEGATIVE)
+TESTBED_CHECKS = (multiple_of("large_size", "small_size"),)
 
 
 def _sym_sqrt(eigvals, eigvecs):
@@ -332,7 +339,7 @@ def is_testbed_file(path):
 
 def quantize(x):
     """[-1, 1] floats -> uint8 images, rounding to the nearest level."""
-    return np.clip(np.round((x + 1) * 127.5), 0, 255).astype(np.uint8)
+    return np.clip(np.round(to_255(x)), 0, 255).astype(np.uint8)
 
 
 def write_testbed_dataset(out_dir, params=TestbedParams(), num_train=2000, num_eval=16, seed=0):

@@ -18,15 +18,13 @@ import time
 import numpy as np
 import torch as th
 
-from guided_diffusion import logger
-from guided_diffusion.io_util import save_json
 from guided_diffusion.script_util import create_gaussian_diffusion
-
-from . import metrics
-from .data import area_downsample, to_float, to_uint8
-from .sampling import ExactTestbedTeacher, TestbedTeacher, sample_images, sample_seed
-from .testbed import GaussianScaleMixture, TestbedParams, quantize
-from .verification import exact_posterior, name_seed
+from imaging import area_downsample, metrics, to_float, to_uint8
+from runkit import logger
+from runkit.fileio import save_json
+from sr_var.sampling import sample_images, sample_seed
+from testbed import ExactTestbedTeacher, GaussianScaleMixture, TestbedParams, TestbedTeacher, quantize
+from testbed.scoring import exact_posterior, group_by_scale, name_seed
 
 # Where each sampler makes sense (NFE = network evaluations per sample = steps), with
 # guided-diffusion's respacing (steps evenly spaced in t) or, after "@logsnr", steps evenly
@@ -70,11 +68,9 @@ def summarize(per_image, ks, scales):
     """Means over images with 95% intervals, and the variance ratio per mixture scale."""
     summary = {"num_images": len(per_image), **metrics.average(per_image),
                "ci95": metrics.bootstrap_interval(per_image)}
-    by_scale = {}
-    for k in sorted(set(ks)):
-        group = [r["var_ratio"] for r, kk in zip(per_image, ks) if kk == k]
-        by_scale[f"s={scales[k]:g}"] = {"var_ratio": float(np.mean(group)), "num_images": len(group)}
-    summary["var_ratio_by_scale"] = by_scale
+    groups = group_by_scale([r["var_ratio"] for r in per_image], ks, scales)
+    summary["var_ratio_by_scale"] = {label: {"var_ratio": float(np.mean(group)), "num_images": len(group)}
+                                     for label, group in groups.items()}
     return summary
 
 

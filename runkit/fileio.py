@@ -18,7 +18,8 @@ import numpy as np
 import torch as th
 from PIL import Image
 
-from .cli import UserError, require_file
+from .errors import UserError
+from .paths import require_file
 
 TMP_MARK = ".tmp-"
 _UMASK = os.umask(0)
