@@ -73,6 +73,17 @@ def save_json(obj, path):
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
 
 
+def cached_json(path, compute):
+    """
+    What compute() returns, saved as JSON at `path` the first time and read back from there
+    every time (so a rerun continues, and a first run and a rerun see the same values).
+    """
+    if not os.path.exists(path):
+        save_json(compute(), path)
+    with open(path) as f:
+        return json.load(f)
+
+
 def save_png(array, path):
     """Save an HWC (or HW) uint8 array as a PNG file, atomically."""
     image = Image.fromarray(np.ascontiguousarray(array))

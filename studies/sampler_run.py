@@ -21,7 +21,7 @@ import torch as th
 from guided_diffusion.script_util import create_gaussian_diffusion
 from imaging import area_downsample, metrics, to_float, to_uint8
 from runkit import logger
-from runkit.fileio import save_json
+from runkit.fileio import cached_json
 from sr_var.sampling import sample_images, sample_seed
 from testbed import ExactTestbedTeacher, GaussianScaleMixture, TestbedParams, TestbedTeacher, quantize
 from testbed.scoring import exact_posterior, group_by_scale, name_seed
@@ -123,30 +123,22 @@ def run_study(cfg, grid, out_dir, batch_size):
     runs_dir = os.path.join(out_dir, "runs")
     results = {}
     floor_path = os.path.join(runs_dir, "mc_floor.json")
-    if not os.path.exists(floor_path):
-        save_json(summarize(monte_carlo_floor(testbed, images, cfg["num_samples"], cfg["small_size"]), ks,
-                            testbed.scales), floor_path)
-    results["mc_floor"] = _load(floor_path)
+    results["mc_floor"] = cached_json(floor_path, lambda: summarize(
+        monte_carlo_floor(testbed, images, cfg["num_samples"], cfg["small_size"]), ks, testbed.scales))
+
+    def configuration(sampler, nfe):
+        start = time.time()
+        per_image, seconds = run_configuration(testbed, images, sampler, nfe, cfg["num_samples"],
+                                               batch_size, cfg["seed"], cfg["eta"])
+        summary = summarize(per_image, ks, testbed.scales)
+        summary.update(sampler=sampler, nfe=nfe, seconds_per_sample=seconds, wall_time_s=time.time() - start)
+        logger.log(f"{sampler} at {nfe} NFE: mean MSE {summary['mean_mse']:.3f}, var error "
+                   f"{summary['var_error']:.3f}, variance ratio {summary['var_ratio']:.3f}, "
+                   f"{seconds * 1e3:.1f} ms per sample ({time.time() - start:.0f} s)")
+        return summary
+
     for sampler, nfes in grid.items():
         for nfe in nfes:
             path = os.path.join(runs_dir, f"{sampler}_{nfe}.json")
-            if not os.path.exists(path):
-                start = time.time()
-                per_image, seconds = run_configuration(testbed, images, sampler, nfe, cfg["num_samples"],
-                                                       batch_size, cfg["seed"], cfg["eta"])
-                summary = summarize(per_image, ks, testbed.scales)
-                summary.update(sampler=sampler, nfe=nfe, seconds_per_sample=seconds,
-                               wall_time_s=time.time() - start)
-                save_json(summary, path)
-                logger.log(f"{sampler} at {nfe} NFE: mean MSE {summary['mean_mse']:.3f}, var error "
-                           f"{summary['var_error']:.3f}, variance ratio {summary['var_ratio']:.3f}, "
-                           f"{seconds * 1e3:.1f} ms per sample ({time.time() - start:.0f} s)")
-            results[f"{sampler}_{nfe}"] = _load(path)
+            results[f"{sampler}_{nfe}"] = cached_json(path, lambda: configuration(sampler, nfe))
     return results
-
-
-def _load(path):
-    import json
-
-    with open(path) as f:
-        return json.load(f)

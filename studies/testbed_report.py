@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from sr_var.kinds import MEAN, PC
+from sr_var.kinds import KINDS, MEAN, PC
 from testbed import ExactMeanModel
 
 from .testbed_run import _outputs, _Subset
@@ -68,6 +68,20 @@ def crossing(rows, floor, key):
     return {"crossed_at": None, "slope": float(slope), "projected_step": projected}
 
 
+def run_kind(run):
+    """The model kind of a study run: runs are named {kind}[_variant]."""
+    return KINDS[run.split("_")[0]]
+
+
+# kind -> (the reference line's error, a checkpoint's error): the number each run is compared on
+CROSSING_LINES = {
+    "mean": (lambda refs, ref: refs[ref]["mean"]["mse"], lambda r: r["mse"]),
+    "var": (lambda refs, ref: refs[ref]["var"]["vs_var"]["var_error"], lambda r: r["vs_target"]["var_error"]),
+    # the share of the top-K variance left uncaptured, against the PCA of N samples
+    "pc": (lambda refs, ref: 1 - refs["pcs"][ref]["captured"], lambda r: 1 - r["captured"]),
+}
+
+
 def crossings(results):
     """Where each run meets the N-sample lines (or the trend's projection)."""
     refs, scores = results["references"], results["scores"]
@@ -75,14 +89,9 @@ def crossings(results):
     for run, rows in scores.items():
         if not rows:
             continue
+        line, error = CROSSING_LINES[run_kind(run).name]
         for ref in ("mc_floor", "ideal_ddpm"):
-            if run.startswith("pc"):  # the share of the top-K variance left uncaptured, against the PCA of N samples
-                out[f"{run} vs {ref}"] = crossing(rows, 1 - refs["pcs"][ref]["captured"], lambda r: 1 - r["captured"])
-            elif run.startswith("mean"):
-                out[f"{run} vs {ref}"] = crossing(rows, refs[ref]["mean"]["mse"], lambda r: r["mse"])
-            else:
-                out[f"{run} vs {ref}"] = crossing(rows, refs[ref]["var"]["vs_var"]["var_error"],
-                                                  lambda r: r["vs_target"]["var_error"])
+            out[f"{run} vs {ref}"] = crossing(rows, line(refs, ref), error)
     return out
 
 
@@ -116,7 +125,7 @@ def write_report(results, out_dir):
         if run not in last:
             continue
         r = last[run]
-        if run.startswith("mean"):
+        if run_kind(run) is MEAN:
             lines.append(f"| {label} | {r['step']} | {r['mse']:.3f} {ci(r, 'mse')} | {r['psnr']:.2f} | – | – | – | – "
                          f"| – |")
         else:

@@ -6,7 +6,6 @@ ideal-DDPM-SR samples, and the PCA of both). Every score is cached as JSON, so a
 continues.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import numpy as np
 
 from imaging import to_255
 from runkit import UserError, logger
-from runkit.fileio import load_model_weights, load_pickle, save_json
+from runkit.fileio import cached_json, load_model_weights, load_pickle
 from runkit.training import list_checkpoints, parse_resume_step_from_filename
 from sr_var.data import flatten_data_info, load_all_images, load_data_info, resolve_images
 from sr_var.kinds import KINDS, MEAN, PC, VAR
@@ -45,10 +44,11 @@ def pc_reference_lines(out_dir, images, num_samples, num_pcs, seed, count):
     The PCA of the N exact posterior samples (the same draws as reference_lines) and of the
     ideal-DDPM-SR samples of the `count` reference images.
     """
-    path = os.path.join(out_dir, f"pc_references_{num_pcs}.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
+    return cached_json(os.path.join(out_dir, f"pc_references_{num_pcs}.json"),
+                       lambda: _pc_reference_lines(out_dir, images, num_samples, num_pcs, seed, count))
+
+
+def _pc_reference_lines(out_dir, images, num_samples, num_pcs, seed, count):
     tb, ks, scales = images.testbed, images.ks, images.testbed.scales
     rng = np.random.default_rng(seed + 1)
     mc = np.stack([sample_pcs_chw(quantize(tb.sample_posterior(yi, num_samples, rng)).astype(np.float64), num_pcs)
@@ -59,16 +59,16 @@ def pc_reference_lines(out_dir, images, num_samples, num_pcs, seed, count):
                                                                num_samples)[2], -1, -3), num_pcs) for i in idx])
     refs["ideal_ddpm"] = {**summarize(pc_scores(images, None, ddpm, None, idx), [ks[i] for i in idx], scales),
                           "num_images": int(len(idx)), "num_samples": num_samples}
-    save_json(refs, path)
     return refs
 
 
 def reference_lines(out_dir, data_dir, images, reference_images, num_samples, seed):
     """Bilinear, num_samples exact posterior samples, and num_samples ideal-DDPM-SR samples (a subset)."""
-    path = os.path.join(out_dir, "references.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
+    return cached_json(os.path.join(out_dir, "references.json"),
+                       lambda: _reference_lines(out_dir, data_dir, images, reference_images, num_samples, seed))
+
+
+def _reference_lines(out_dir, data_dir, images, reference_images, num_samples, seed):
     tb, ks, scales = images.testbed, images.ks, images.testbed.scales
     bilinear = to_255(images.low_res_up.double().numpy())
     refs = {"bilinear": summarize(mean_scores(images, bilinear))}
@@ -82,7 +82,6 @@ def reference_lines(out_dir, data_dir, images, reference_images, num_samples, se
     refs["mc_floor"] = {"mean": summarize(mean_scores(images, mc_mean)),
                         "var": summarize(var_scores(images, mc_mean, mc_var), ks, scales), "num_samples": num_samples}
     refs["ideal_ddpm"] = _ideal_ddpm_reference(out_dir, data_dir, images, reference_images, num_samples, seed)
-    save_json(refs, path)
     return refs
 
 
@@ -180,7 +179,7 @@ def score_checkpoints(out_dir, images, runs, steps):
     scores = {}
     final_mean_model, final_mean = None, None
     for run in runs:
-        kind = KINDS[run.split("_")[0]]  # runs are named {kind}[_variant]
+        kind = KINDS[run.split("_")[0]]  # runs are named {kind}[_variant] (testbed_report.run_kind)
         ckpt_dir, log_dir = os.path.join(out_dir, "checkpoints", run), os.path.join(out_dir, "logs", run)
         if kind.needs_mean_model and final_mean_model is None:
             final_mean, final_mean_model = _outputs(os.path.join(out_dir, "logs", "mean"),
@@ -193,12 +192,12 @@ def score_checkpoints(out_dir, images, runs, steps):
         for name in list_checkpoints(ckpt_dir):
             step = parse_resume_step_from_filename(name)
             path = os.path.join(out_dir, "scores", run, f"{step:06d}.json")
-            if not os.path.exists(path):
+
+            def score():
                 out, _ = _outputs(log_dir, os.path.join(ckpt_dir, name), kind, images, run_mean_model)
-                s = SCORERS[kind.name](images, run_mean, out)
-                save_json(dict(step=step, **s), path)
-            with open(path) as f:
-                scores[run].append(json.load(f))
+                return dict(step=step, **SCORERS[kind.name](images, run_mean, out))
+
+            scores[run].append(cached_json(path, score))
     return scores
 
 

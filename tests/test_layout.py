@@ -45,3 +45,15 @@ def test_pyproject_lists_every_package():
     text = open(os.path.join(ROOT, "pyproject.toml")).read()
     for package in ORDER:
         assert f'"{package}"' in text
+
+
+def test_every_model_kind_fills_in_its_parts():
+    """A kind (sr_var.kinds) overrides every part the stages call; its rules name its own flags."""
+    from sr_var.kinds import KINDS, ModelKind
+
+    parts = ("loss", "train_tiles", "in_255", "output_paths", "write", "test_tiles")
+    for name, kind in KINDS.items():
+        assert kind.name == name and kind.args_pickle == f"{name}_model_args.pkl"
+        missing = [p for p in parts if getattr(type(kind), p) is getattr(ModelKind, p)]
+        assert not missing, f"kind {name} lacks {missing}"
+        assert set(kind.rules) <= set(kind.defaults()), name
