@@ -1,28 +1,47 @@
 """
-Distributed helpers. Under `mpiexec -n N` each process joins a torch.distributed group
-(NCCL on GPUs, one GPU per process; gloo on CPUs), set up through mpi4py. Started without
-mpiexec, a script runs as a single process and nothing is initialised. Also
-keep_freed_memory, a process setting for CPU training.
+The process group of a run, from whichever launcher started it (its environment says which):
+
+- torchrun / torch elastic: RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT;
+- SLURM's srun: SLURM_PROCID, SLURM_LOCALID, SLURM_STEP_NUM_TASKS (or SLURM_NTASKS), the
+  first host of SLURM_STEP_NODELIST (or SLURM_JOB_NODELIST) as the master, MASTER_PORT or a
+  port derived from SLURM_JOB_ID;
+- an MPI launcher (mpiexec / mpirun, PMI_SIZE and the like): through mpi4py, which is
+  imported only then, so a machine without it runs single-process and under torchrun.
+
+Each process then joins one torch.distributed group: NCCL on GPUs (one GPU per process, by
+its local rank), gloo on CPUs. A launcher's variables that contradict each other are a
+one-line UserError; a rank that cannot reach the others within RUNKIT_DIST_TIMEOUT_S seconds
+(default 300) says so and exits non-zero. Started by none of them, a script runs as a single
+process and nothing is initialised. Also keep_freed_memory, a process setting for CPU
+training.
 """
 
 import atexit
+import contextlib
 import ctypes
 import ctypes.util
+import datetime
 import os
+import re
 import socket
 import sys
+import tempfile
 
 import torch as th
 import torch.distributed as dist
 
+from .errors import UserError
+
 # Environment variables by which MPI launchers announce the world size.
 _MPI_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_SIZE")
+_TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+TIMEOUT_VAR = "RUNKIT_DIST_TIMEOUT_S"
 
 
-def _launched_world_size():
+def _launched_world_size(env=os.environ):
     for var in _MPI_SIZE_VARS:
-        if os.environ.get(var):
-            return int(os.environ[var])
+        if env.get(var):
+            return _whole_number(env, var)
     return 1
 
 
@@ -32,35 +51,133 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _whole_number(env, var, launcher="the launcher"):
+    value = env.get(var)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{launcher} set {var}={value!r}, which is not a whole number") from None
+
+
+def first_host(nodelist):
+    """The first host of a SLURM host list: "gpu[07-09,12],cpu1" -> "gpu07"."""
+    first = re.split(r",(?![^\[]*\])", nodelist.strip())[0]
+    m = re.match(r"^([^\[]*)\[([^\]]*)\](.*)$", first)
+    if not m:
+        return first
+    prefix, ranges, suffix = m.groups()
+    return prefix + ranges.split(",")[0].split("-")[0] + suffix
+
+
+def launcher_of(env=os.environ):
+    """
+    (launcher, rank, local_rank, world_size, master_addr, master_port) of the launcher that
+    started this process, from its environment; None when none did (a single process).
+    MPI's addresses are agreed on over MPI itself (master None here).
+    """
+    if any(var in env for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK")):
+        missing = [var for var in _TORCHRUN_VARS if not env.get(var)]
+        if missing:
+            given = ", ".join(f"{v}={env[v]}" for v in _TORCHRUN_VARS if env.get(v))
+            raise UserError(f"the environment sets {given} but not {', '.join(missing)}: start the run with "
+                            f"torchrun, or set all of {', '.join(_TORCHRUN_VARS)}")
+        numbers = [_whole_number(env, var, "torchrun") for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")]
+        found = ("torchrun", *numbers[:3], env["MASTER_ADDR"], numbers[3])
+    elif env.get("SLURM_PROCID") and (env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS")):
+        size_var = "SLURM_STEP_NUM_TASKS" if env.get("SLURM_STEP_NUM_TASKS") else "SLURM_NTASKS"
+        world = _whole_number(env, size_var, "SLURM")
+        if world <= 1:
+            return None
+        nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+        if not nodes:
+            raise UserError("SLURM set SLURM_PROCID but no SLURM_JOB_NODELIST: cannot tell the ranks where to meet")
+        if env.get("MASTER_PORT"):
+            port = _whole_number(env, "MASTER_PORT", "the environment")
+        else:  # the same on every rank without talking: derived from the job
+            port = 20000 + _whole_number(env, "SLURM_JOB_ID", "SLURM") % 20000 if env.get("SLURM_JOB_ID") else 29500
+        found = ("SLURM", _whole_number(env, "SLURM_PROCID", "SLURM"),
+                 _whole_number(env, "SLURM_LOCALID", "SLURM") if env.get("SLURM_LOCALID") else 0,
+                 world, first_host(nodes), port)
+    elif _launched_world_size(env) > 1:
+        return ("MPI", None, None, _launched_world_size(env), None, None)
+    else:
+        return None
+    name, rank, local_rank, world, _, port = found
+    if world < 1:
+        raise UserError(f"{name} gives a world size of {world}; it should be at least 1")
+    if not 0 <= rank < world:
+        raise UserError(f"{name} gives rank {rank} in a world of {world} processes; ranks run from 0 to {world - 1}")
+    if local_rank < 0 or not 0 < port < 65536:
+        raise UserError(f"{name} gives local rank {local_rank} and port {port}; neither can be")
+    return found
+
+
+def _timeout_s():
+    value = os.environ.get(TIMEOUT_VAR, "300")
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1
+    if not seconds > 0:
+        raise UserError(f"{TIMEOUT_VAR}={value!r} should be a number of seconds above 0")
+    return seconds
+
+
+@contextlib.contextmanager
+def _native_stderr_quiet():
+    """
+    c10d's C++ retry and timeout messages go straight to file descriptor 2, a dozen lines per
+    failed connection; within the block they go to a temporary file instead (the failure
+    itself is reported as one line).
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def setup_dist():
     """
-    Join the process group when launched by mpiexec; returns (is_distributed, rank).
+    Join the process group of the launcher that started this process (torchrun, SLURM,
+    mpiexec); returns (is_distributed, rank). A single process: (False, 0), nothing set up.
     """
     if dist.is_initialized():
         return True, dist.get_rank()
-    if _launched_world_size() <= 1:
+    found = launcher_of()
+    if found is None:
         return False, 0
+    name, rank, local_rank, world, master, port = found
+    timeout = _timeout_s()
+    if name == "MPI":
+        from mpi4py import MPI
 
-    from mpi4py import MPI
-
-    comm = MPI.COMM_WORLD
-    node_comm = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    local_rank = node_comm.Get_rank()
-    single_node = node_comm.Get_size() == comm.size
+        comm = MPI.COMM_WORLD
+        node_comm = comm.Split_type(MPI.COMM_TYPE_SHARED)
+        rank, local_rank, world = comm.rank, node_comm.Get_rank(), comm.size
+        single_node = node_comm.Get_size() == comm.size
+        master = comm.bcast("127.0.0.1" if single_node else socket.gethostbyname(socket.getfqdn()), root=0)
+        port = comm.bcast(_free_port() if comm.rank == 0 else None, root=0)
     backend = "nccl" if th.cuda.is_available() else "gloo"
     if backend == "nccl":
         th.cuda.set_device(local_rank % th.cuda.device_count())
-
-    master = "127.0.0.1" if single_node else socket.gethostbyname(socket.getfqdn())
-    os.environ["MASTER_ADDR"] = comm.bcast(master, root=0)
-    os.environ["MASTER_PORT"] = str(comm.bcast(_free_port() if comm.rank == 0 else None, root=0))
-    os.environ["RANK"] = str(comm.rank)
-    os.environ["WORLD_SIZE"] = str(comm.size)
-    os.environ["LOCAL_RANK"] = str(local_rank)
-    dist.init_process_group(backend=backend, init_method="env://")
+    os.environ.update(MASTER_ADDR=master, MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(local_rank))
+    try:
+        with _native_stderr_quiet():
+            dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world,
+                                    timeout=datetime.timedelta(seconds=timeout))
+    except (RuntimeError, OSError) as e:  # torch's DistNetworkError / DistStoreError are RuntimeErrors
+        raise UserError(f"rank {rank} of {world} ({name}) could not reach the other ranks at {master}:{port} within "
+                        f"{timeout:g} s ({str(e).splitlines()[0][:160]}); check the launcher, or set "
+                        f"{TIMEOUT_VAR}") from None
     # Without this, gloo's threads abort the process at interpreter exit.
     atexit.register(dist.destroy_process_group)
-    return True, comm.rank
+    return True, rank
 
 
 def keep_freed_memory():

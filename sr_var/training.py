@@ -50,7 +50,7 @@ def training_defaults():
         model_save_dir="",
         resume_checkpoint="",
         debug_mode=False,
-        local_rank=0,  # accepted for torch.distributed.launch; the rank comes from MPI
+        local_rank=0,  # accepted for torch.distributed.launch; the rank comes from the launcher's environment
         # additions
         seed=0,
         image_interval=500,

@@ -169,7 +169,10 @@ def simple_commands(words):
 
 
 def strip_prefixes(words):
-    """The command after assignments (A=B cmd), `mpiexec -n N [-hosts H]`, `timeout S`, `time`."""
+    """
+    The command after assignments (A=B cmd), `mpiexec -n N [-hosts H]`, `srun [options]`,
+    `timeout S`, `time`; `torchrun [options] X.py` becomes `python X.py`.
+    """
     i = 0
     while i < len(words):
         word = words[i]
@@ -179,6 +182,12 @@ def strip_prefixes(words):
             i += 1
             while i < len(words) and words[i].startswith("-"):
                 i += 2 if words[i] in ("-n", "-np", "-hosts", "-host", "-f") else 1
+        elif word in ("srun", "torchrun"):
+            i += 1
+            while i < len(words) and words[i].startswith("-"):  # --flag=value, --standalone, or --flag value
+                i += 1 if "=" in words[i] or words[i] == "--standalone" else 2
+            if word == "torchrun" and i < len(words) and words[i].endswith(".py"):
+                return ["python", *words[i:]]
         elif word == "timeout":
             i += 2
         else:
@@ -336,6 +345,8 @@ def test_the_checker_reads_shell_lines_as_the_shell_does():
         "mpiexec -n 8 python ddpm_sr_sample.py $FLAGS --seed 1   # a comment --not_a_flag",
         "cd x && python -m noisy_mnist.figures r.json out; bash scripts/test.sh -k testbed",
         "python -m pytest -q tests/test_docs.py",
+        "torchrun --nnodes 2 --standalone --rdzv_endpoint=h:1 sr_mean_train.py --lr 1",
+        "srun --ntasks-per-node=8 -n 2 python sr_var_test.py --batch_size 2",
     ], 1))
     seen = [(number,) + target for number, target in block_commands(block, "test")]
     assert seen == [
@@ -343,4 +354,6 @@ def test_the_checker_reads_shell_lines_as_the_shell_does():
          "ddpm_sr_sample.py"),
         (4, "python", "noisy_mnist/figures.py", ["r.json", "out"], "-m noisy_mnist.figures"),
         (4, "bash", "scripts/test.sh", ["-k", "testbed"], "scripts/test.sh"),
+        (6, "python", "sr_mean_train.py", ["--lr", "1"], "sr_mean_train.py"),
+        (7, "python", "sr_var_test.py", ["--batch_size", "2"], "sr_var_test.py"),
     ]
