@@ -54,26 +54,24 @@ def _missing(path, flag, kind, hint):
     return UserError(message)
 
 
-def require_file(path, flag=None, hint=None):
-    """Return `path` if it is a file; otherwise raise a UserError naming the flag."""
+def _require(path, flag, hint, kind, is_kind, other, is_other):
     if not path:
         raise UserError(f"--{flag} is required" + (f"; {hint}" if hint else ""))
-    if os.path.isdir(path):
-        raise UserError(f"{path!r} (--{flag}) is a directory, a file is expected")
-    if not os.path.isfile(path):
-        raise _missing(path, flag, "file", hint)
+    if is_other(path):
+        raise UserError(f"{path!r} (--{flag}) is a {other}, a {kind} is expected")
+    if not is_kind(path):
+        raise _missing(path, flag, kind, hint)
     return path
+
+
+def require_file(path, flag=None, hint=None):
+    """Return `path` if it is a file; otherwise raise a UserError naming the flag."""
+    return _require(path, flag, hint, "file", os.path.isfile, "directory", os.path.isdir)
 
 
 def require_dir(path, flag=None, hint=None):
     """Return `path` if it is a directory; otherwise raise a UserError naming the flag."""
-    if not path:
-        raise UserError(f"--{flag} is required" + (f"; {hint}" if hint else ""))
-    if os.path.isfile(path):
-        raise UserError(f"{path!r} (--{flag}) is a file, a directory is expected")
-    if not os.path.isdir(path):
-        raise _missing(path, flag, "directory", hint)
-    return path
+    return _require(path, flag, hint, "directory", os.path.isdir, "file", os.path.isfile)
 
 
 _held_locks = {}  # real path -> open lock file, held until the process ends

@@ -21,6 +21,7 @@ import pytest
 from runkit import UserError
 from runkit.dist_util import first_host, launcher_of
 from tests.conftest import ROOT, assert_user_error, files_in, run_script
+from tests.helpers import photo_folder_run
 
 LAUNCHERS = ("mpiexec", "torchrun", "slurm")
 MEAN_FLAGS = ("--attention_resolutions 16 --large_size 32 --small_size 8 --model_channels 32 --num_heads 4 "
@@ -67,13 +68,7 @@ def _run(launcher, args, cwd, timeout=300):
 
 @pytest.fixture(scope="module")
 def photo_run(tmp_path_factory):
-    from imaging.sample_photos import make_image_folder
-
-    root = tmp_path_factory.mktemp("launchers")
-    make_image_folder(str(root / "imagenet" / "train"), num_classes=2, per_class=4)
-    run_script(["scripts/build_data_info.py", "--data_dir", "imagenet/train", "--out_dir", "data",
-                "--num_per_class", "1"], cwd=root)
-    return root
+    return photo_folder_run(tmp_path_factory.mktemp("launchers"), 2, 4, "data")
 
 
 def _train_args(name, steps=2, save_interval=2):

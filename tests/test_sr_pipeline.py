@@ -22,7 +22,7 @@ from runkit.fileio import load_pickle
 from sr_var.data import center_crop_arr
 from sr_var.data_info import build_data_info
 from tests.conftest import ROOT, assert_user_error, files_in, run_script
-from tests.helpers import make_image_folder, snapshot
+from tests.helpers import make_image_folder, photo_folder_run, snapshot
 
 # The seed's MODEL_FLAGS with the sizes and widths cut for a CPU (32 px, 32 channels).
 MEAN_FLAGS = ("--attention_resolutions 16 --large_size 32 --small_size 8 --model_channels 32 --num_heads 4 "
@@ -62,10 +62,7 @@ def test_build_data_info(tmp_path):
 @pytest.fixture(scope="module")
 def sr_run(tmp_path_factory):
     """The seed's four SR commands, run as written but for data_dir, sizes, widths and steps."""
-    root = tmp_path_factory.mktemp("sr")
-    make_image_folder(str(root / "imagenet" / "train"), num_classes=3, per_class=6)
-    run_script(["scripts/build_data_info.py", "--data_dir", "imagenet/train", "--out_dir", "data/sr_imagenet",
-                "--num_per_class", "1"], cwd=root)
+    root = photo_folder_run(tmp_path_factory.mktemp("sr"), 3, 6, "data/sr_imagenet")
     common = ["--data_dir", "imagenet/train", "--data_info_dict_path", "data/sr_imagenet/train_data_info.pkl",
               "--batch_size", "4", "--microbatch", "2", "--log_interval", "2", "--save_interval", "3",
               "--debug_mode", "yes", "--max_step", "3", "--num_workers", "0", "--image_interval", "2"]
