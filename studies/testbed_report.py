@@ -11,7 +11,7 @@ import numpy as np
 from sr_var.kinds import KINDS, MEAN, PC
 from testbed import ExactMeanModel
 
-from .testbed_run import _outputs, _Subset
+from .testbed_run import ImageSubset, model_outputs
 
 
 def direction_figure(out_dir, images, steps, path, count=3):
@@ -25,15 +25,15 @@ def direction_figure(out_dir, images, steps, path, count=3):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    one = _Subset(images, [0])
+    one = ImageSubset(images, [0])
     one.low_res_up = images.low_res_up[:1]
-    _, mean_model = _outputs(os.path.join(out_dir, "logs", "mean"),
+    _, mean_model = model_outputs(os.path.join(out_dir, "logs", "mean"),
                              os.path.join(out_dir, "checkpoints", "mean", f"model{steps:06d}.pt"), MEAN, one)
     exact, _ = images.covariance(0).top(count)
     rows = [("exact Cov[x|y]", exact.reshape(count, *images.uint8.shape[2:], -1))]
     for run, label, mm in (("pc_exact_mean", "PC model, exact mean", ExactMeanModel(images.testbed)),
                            ("pc", "PC model, trained mean", mean_model)):
-        (directions, _), _ = _outputs(os.path.join(out_dir, "logs", run),
+        (directions, _), _ = model_outputs(os.path.join(out_dir, "logs", run),
                                       os.path.join(out_dir, "checkpoints", run, f"model{steps:06d}.pt"), PC, one, mm)
         rows.append((label, np.moveaxis(directions[0, :count], 1, -1)))
     fig, axes = plt.subplots(len(rows), count, figsize=(1.6 * count + 1.2, 1.6 * len(rows)), squeeze=False)

@@ -117,20 +117,22 @@ def _ideal_ddpm_reference(out_dir, data_dir, images, count, num_samples, seed):
         mean, var, _ = ddpm_ground_truth(os.path.join(out_dir, "ideal_ddpm"), images.names[i], num_samples)
         means.append(np.moveaxis(mean, -1, 0))
         variances.append(np.moveaxis(var, -1, 0))
-    sub = _Subset(images, idx)
+    sub = ImageSubset(images, idx)
     return {"mean": summarize(mean_scores(sub, np.stack(means))),
             "var": summarize(var_scores(sub, np.stack(means), np.stack(variances)), list(sub.ks),
                             images.testbed.scales),
             "num_images": int(len(idx)), "num_samples": num_samples, "seconds_per_image": seconds_per_image}
 
 
-class _Subset:
+class ImageSubset:
+    """The study images `idx` of an ExactScorer, as far as the scoring functions need them."""
+
     def __init__(self, images, idx):
         self.exact_mean, self.exact_var = images.exact_mean[idx], images.exact_var[idx]
         self.fresh, self.ks = images.fresh[idx], [images.ks[i] for i in idx]
 
 
-def _outputs(run_dir_logs, checkpoint, kind, images, mean_model=None, model=None):
+def model_outputs(run_dir_logs, checkpoint, kind, images, mean_model=None, model=None):
     """A model's outputs on every study image in [0, 255] units (kind.in_255), and the model."""
     if model is None:
         args = load_pickle(os.path.join(run_dir_logs, kind.args_pickle))
@@ -161,15 +163,16 @@ def forward_seconds(out_dir, images, steps):
         return (time.perf_counter() - start) / len(images.low_res_up)
 
     mean_ckpt = os.path.join(out_dir, "checkpoints", "mean", f"model{steps:06d}.pt")
-    _, mean_model = _outputs(os.path.join(out_dir, "logs", "mean"), mean_ckpt, MEAN, images)
+    _, mean_model = model_outputs(os.path.join(out_dir, "logs", "mean"), mean_ckpt, MEAN, images)
     var_ckpt = os.path.join(out_dir, "checkpoints", "var", f"model{steps:06d}.pt")
-    mean_s = timed(lambda: _outputs(os.path.join(out_dir, "logs", "mean"), mean_ckpt, MEAN, images, model=mean_model))
-    _, var_model = _outputs(os.path.join(out_dir, "logs", "var"), var_ckpt, VAR, images, mean_model)
-    var_s = timed(lambda: _outputs(os.path.join(out_dir, "logs", "var"), var_ckpt, VAR, images, mean_model,
+    mean_s = timed(lambda: model_outputs(os.path.join(out_dir, "logs", "mean"), mean_ckpt, MEAN, images,
+                                         model=mean_model))
+    _, var_model = model_outputs(os.path.join(out_dir, "logs", "var"), var_ckpt, VAR, images, mean_model)
+    var_s = timed(lambda: model_outputs(os.path.join(out_dir, "logs", "var"), var_ckpt, VAR, images, mean_model,
                                    model=var_model))
     pc_ckpt = os.path.join(out_dir, "checkpoints", "pc", f"model{steps:06d}.pt")
-    _, pc_model = _outputs(os.path.join(out_dir, "logs", "pc"), pc_ckpt, PC, images, mean_model)
-    pc_s = timed(lambda: _outputs(os.path.join(out_dir, "logs", "pc"), pc_ckpt, PC, images, mean_model,
+    _, pc_model = model_outputs(os.path.join(out_dir, "logs", "pc"), pc_ckpt, PC, images, mean_model)
+    pc_s = timed(lambda: model_outputs(os.path.join(out_dir, "logs", "pc"), pc_ckpt, PC, images, mean_model,
                                   model=pc_model))
     return mean_s, var_s, pc_s
 
@@ -182,7 +185,7 @@ def score_checkpoints(out_dir, images, runs, steps):
         kind = KINDS[run.split("_")[0]]  # runs are named {kind}[_variant] (testbed_report.run_kind)
         ckpt_dir, log_dir = os.path.join(out_dir, "checkpoints", run), os.path.join(out_dir, "logs", run)
         if kind.needs_mean_model and final_mean_model is None:
-            final_mean, final_mean_model = _outputs(os.path.join(out_dir, "logs", "mean"),
+            final_mean, final_mean_model = model_outputs(os.path.join(out_dir, "logs", "mean"),
                                                     os.path.join(out_dir, "checkpoints", "mean",
                                                                  f"model{steps:06d}.pt"), MEAN, images)
         run_mean, run_mean_model = final_mean, final_mean_model
@@ -194,7 +197,7 @@ def score_checkpoints(out_dir, images, runs, steps):
             path = os.path.join(out_dir, "scores", run, f"{step:06d}.json")
 
             def score():
-                out, _ = _outputs(log_dir, os.path.join(ckpt_dir, name), kind, images, run_mean_model)
+                out, _ = model_outputs(log_dir, os.path.join(ckpt_dir, name), kind, images, run_mean_model)
                 return dict(step=step, **SCORERS[kind.name](images, run_mean, out))
 
             scores[run].append(cached_json(path, score))

@@ -40,7 +40,7 @@ class ExactScorer:
         self._covariances = {}
 
     def covariance(self, i):
-        """The exact Cov[x | y] of image i (pc_metrics.ExactCovariance, HWC-flat vectors)."""
+        """The exact Cov[x | y] of image i (testbed.ExactCovariance, HWC-flat vectors)."""
         if i not in self._covariances:
             self._covariances[i] = ExactCovariance(self.testbed, self.y[i])
         return self._covariances[i]
