@@ -5,7 +5,7 @@ function has its numeric flags' rules beside it (the run kit's flag parser check
 
 import numpy as np
 
-from runkit import AT_LEAST_ONE, FRACTION, UNSET_OR_AT_LEAST_ONE, UserError, multiple_of
+from runkit import AT_LEAST_ONE, FRACTION, UNSET_OR_AT_LEAST_ONE, UserError, comma_list, multiple_of
 from runkit.flags import add_dict_to_argparser, args_to_dict, str2bool  # noqa: F401 (upstream API)
 
 from . import gaussian_diffusion as gd
@@ -88,7 +88,31 @@ def sr_model_and_diffusion_defaults():
 
 
 SR_MODEL_AND_DIFFUSION_RULES = dict(large_size=AT_LEAST_ONE, small_size=AT_LEAST_ONE, **MODEL_AND_DIFFUSION_RULES)
-SR_SIZE_CHECKS = (multiple_of("large_size", "small_size"),)
+def attention_reached(size_flag, table):
+    """
+    A flag check: every --attention_resolutions is a resolution the UNet works at (its size
+    halved once per --channel_mult level but the last); upstream's image_size // res would
+    put a resolution it never reaches (12 at 32 px) silently at another, or nowhere.
+    """
+
+    def check(args):
+        size = getattr(args, size_flag)
+        resolutions = comma_list(args.attention_resolutions, "attention_resolutions", int, example="16,8")
+        try:
+            mult = parse_channel_mult(comma_list(args.channel_mult, "channel_mult", float, example="1,2,2")
+                                      if args.channel_mult else "", size, table)
+        except ValueError:
+            return  # a size without a default channel_mult: building the model says so
+        reached = [size // 2 ** level for level in range(len(mult))]
+        never = [r for r in resolutions if r not in reached]
+        if never:
+            raise UserError(f"--attention_resolutions {args.attention_resolutions!r}: the network works at "
+                            f"{', '.join(map(str, reached))} px (--{size_flag} {size}, --channel_mult "
+                            f"{args.channel_mult or 'default'}), never at {', '.join(map(str, never))}")
+
+    return check
+
+
 
 
 def parse_channel_mult(channel_mult, image_size, table):
@@ -110,6 +134,7 @@ def attention_downsample_rates(attention_resolutions, image_size):
 _IMAGE_CHANNEL_MULT = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4),
                        64: (1, 2, 3, 4)}
 _SR_CHANNEL_MULT = {512: (1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 64: (1, 2, 3, 4)}
+SR_SIZE_CHECKS = (multiple_of("large_size", "small_size"), attention_reached("large_size", _SR_CHANNEL_MULT))
 
 
 def create_model(image_size, num_channels, num_res_blocks, channel_mult="", learn_sigma=False,

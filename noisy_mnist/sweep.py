@@ -43,6 +43,7 @@ from runkit import (
     NON_NEGATIVE,
     UserError,
     check_flags,
+    comma_list,
     dist_util,
     ignore_stop_signals,
     require_file,
@@ -230,15 +231,11 @@ def model_noise_alphas(cfg, ratios):
 
 def target_levels(cfg):
     """{noise type: target correct-label ratios}: --levels, or the paper's measured ratios."""
-    types = [t for t in cfg["noise_types"].split(",") if t]
-    for t in types:
-        if t not in NOISE_TYPES:
-            raise UserError(f"--noise_types: {t!r} is not one of: {', '.join(NOISE_TYPES)}")
+    types = comma_list(cfg["noise_types"], "noise_types", choices=tuple(NOISE_TYPES))
+    if not types:
+        raise UserError("--noise_types is empty; give one or more of: " + ", ".join(NOISE_TYPES))
     if cfg["levels"]:
-        try:
-            levels = [float(x) for x in cfg["levels"].split(",")]
-        except ValueError:
-            raise UserError(f"--levels {cfg['levels']!r} should be ratios, e.g. 0.9,0.5") from None
+        levels = comma_list(cfg["levels"], "levels", float, example="0.9,0.5")
         if not all(0.0 <= x <= 1.0 for x in levels):
             raise UserError(f"--levels {cfg['levels']!r}: every ratio must be in [0, 1]")
         return {t: list(dict.fromkeys(levels)) for t in types}

@@ -5,7 +5,7 @@ what a stage needs to start, stop and write safely, and nothing about models or 
     errors.py           UserError: a mistake the user can fix (one line, exit status 2)
     flags.py            the flag parser: spelt-out flags, "did you mean", numeric rules that
                         each script declares beside its defaults
-    run.py              run_main (one-line errors, exit 2 / 75), stop signals and check_stop
+    run.py              run_main (one-line errors, exit 2 / 75 / 130), stop signals and check_stop
     paths.py            path checks with "did you mean", writable folders, run-folder locks
     fileio.py           atomic writes, run-folder records, restricted unpickling, checkpoint
                         loading that names the flag behind a mismatch
@@ -30,13 +30,16 @@ from .flags import (
     args_to_dict,
     check_choice,
     check_flags,
+    comma_list,
     create_argparser,
     explicit_flags,
+    list_flags,
     multiple_of,
     str2bool,
 )
 from .paths import closest_path, lock_folder, require_dir, require_file, require_writable_dir
 from .run import (
+    EXIT_INTERRUPTED,
     EXIT_PREEMPTED,
     FORWARDED_STOP,
     STOP_SIGNALS,
@@ -50,10 +53,10 @@ from .run import (
 )
 
 __all__ = [
-    "EXIT_PREEMPTED", "EXIT_USER_ERROR", "FORWARDED_STOP", "STOP_SIGNALS", "AT_LEAST_ONE", "FRACTION",
-    "NON_NEGATIVE", "POSITIVE", "UNSET_OR_AT_LEAST_ONE", "FlagParser", "Preempted", "Rule", "UserError",
+    "EXIT_INTERRUPTED", "EXIT_PREEMPTED", "EXIT_USER_ERROR", "FORWARDED_STOP", "STOP_SIGNALS", "AT_LEAST_ONE",
+    "FRACTION", "NON_NEGATIVE", "POSITIVE", "UNSET_OR_AT_LEAST_ONE", "FlagParser", "Preempted", "Rule", "UserError",
     "add_dict_to_argparser", "args_to_dict", "check_choice", "check_flags", "check_stop", "closest_path",
-    "create_argparser", "explicit_flags", "ignore_stop_signals", "lock_folder", "multiple_of", "os_error_line",
-    "require_dir", "require_file", "require_writable_dir", "run_main", "stop_requested", "stop_signals",
-    "str2bool",
+    "comma_list", "create_argparser", "explicit_flags", "ignore_stop_signals", "list_flags", "lock_folder",
+    "multiple_of", "os_error_line", "require_dir", "require_file", "require_writable_dir", "run_main",
+    "stop_requested", "stop_signals", "str2bool",
 ]

@@ -19,6 +19,7 @@ import torch as th
 from PIL import Image
 
 from .errors import UserError
+from .finite import first_nan, json_safe, require_finite_state_dict
 from .paths import require_file
 
 TMP_MARK = ".tmp-"
@@ -70,7 +71,17 @@ def save_pickle(obj, path):
 
 
 def save_json(obj, path):
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+    """
+    Write `obj` as (strictly valid) JSON. A NaN in it is a UserError naming the key: a score
+    that is not a number is a failure upstream, never a result (infinities are written as
+    "inf" / "-inf", see finite.json_safe).
+    """
+    where = first_nan(obj)
+    if where:
+        raise UserError(f"refusing to write NaN into {path!r} (at {where}): a value it is computed from is not "
+                        f"finite")
+    text = json.dumps(json_safe(obj), indent=1, allow_nan=False)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def cached_json(path, compute):
@@ -218,11 +229,14 @@ def load_state_dict(path, flag=None):
         state_dict = torch_load(path)
     except Exception as e:  # torch raises many kinds for a corrupt or foreign file
         raise UserError(f"{path!r}{where} is not a readable PyTorch checkpoint: {torch_load_error(e)}") from None
+    if isinstance(state_dict, dict) and {"state", "param_groups"} <= set(state_dict):
+        raise UserError(f"{path!r}{where} is an optimizer state (opt*.pt), not a model; give the model*.pt "
+                        f"file of the same step")
     if not isinstance(state_dict, dict) or not all(th.is_tensor(v) for v in state_dict.values()):
         raise UserError(f"{path!r}{where} does not hold a model state_dict")
     if state_dict and all(k.startswith("module.") for k in state_dict):
         state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
-    return state_dict
+    return require_finite_state_dict(state_dict, f"checkpoint {path!r}{where}")
 
 
 def _block_index(key, prefix):
@@ -279,6 +293,25 @@ def likely_flag(model_shapes, ckpt_shapes, flag_names):
     return "channel_mult"
 
 
+def checkpoint_kind(shapes):
+    """What a state_dict's keys and shapes say it is ("a mean model (sr_mean_train.py)"), or None."""
+    if "conv1.weight" in shapes and "fc3.weight" in shapes:
+        return "an MNIST classifier (mnist_classification.py)"
+    if any(k.startswith("time_embed.") for k in shapes):
+        return "a diffusion UNet (the upsampler that ddpm_sr_sample.py samples)"
+    first, out = shapes.get("input_blocks.0.0.weight"), shapes.get("out.2.weight")
+    if not (first and out):
+        return None
+    c_in, c_out = first[1], out[0]
+    if c_in == c_out and c_in % 2:
+        return "a mean model (sr_mean_train.py)"
+    if c_in == 2 * c_out:
+        return "a variance model (sr_var_train.py; or a PC model of one component)"
+    if c_in % 2 == 0 and c_out % (c_in // 2) == 0:
+        return f"a PC model of {c_out // (c_in // 2)} components (sr_pc_train.py)"
+    return None
+
+
 def check_state_dict(model, state_dict, path, flag, flag_names):
     """Raise a one-line UserError when `state_dict` does not fit `model` exactly."""
     model_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -288,6 +321,10 @@ def check_state_dict(model, state_dict, path, flag, flag_names):
     reshaped = [k for k in model_shapes if k in ckpt_shapes and model_shapes[k] != ckpt_shapes[k]]
     if not (missing or unexpected or reshaped):
         return
+    found, wanted = checkpoint_kind(ckpt_shapes), checkpoint_kind(model_shapes)
+    if found != wanted and found and wanted:  # another stage's checkpoint: no flag would make it fit
+        raise UserError(f"checkpoint {path!r} (--{flag}) holds the weights of {found}, not of {wanted}: "
+                        f"give --{flag} a checkpoint of that stage")
     parts = []
     if missing:
         parts.append(f"{len(missing)} missing keys (first: {', '.join(missing[:2])})")

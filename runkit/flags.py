@@ -40,6 +40,47 @@ def multiple_of(name, divisor_name):
     return check
 
 
+def comma_list(value, flag, item=str, choices=None, example=None):
+    """
+    A comma-separated flag as a tuple of item(...) values. A blank item ("1,,2", ","), one that
+    `item` cannot read, or one outside `choices` is a UserError naming the flag; an empty
+    string is the empty tuple (a flag whose empty value means "the defaults" says so itself,
+    and `list_flags` below refuses an empty value the user typed).
+    """
+    text = str(value).strip()
+    if not text:
+        return ()
+    parts = [p.strip() for p in text.split(",")]
+    hint = f", e.g. {example}" if example else ""
+    if not all(parts):
+        raise UserError(f"--{flag} {value!r} has an empty item; give a comma-separated list{hint}")
+    try:
+        values = tuple(item(p) for p in parts)
+    except ValueError:
+        raise UserError(f"--{flag} {value!r} should be a comma-separated list of {item.__name__}s{hint}") from None
+    for v in values:
+        if choices is not None and v not in choices:
+            raise UserError(f"--{flag}: {v!r} is not one of: {', '.join(map(str, choices))}")
+    return values
+
+
+def list_flags(*names):
+    """
+    A check that refuses an empty value typed for one of these list flags (`--levels ""`):
+    their empty default means "the defaults", hours of work nobody asked for when it was
+    meant as a list. Leaving the flag out keeps the defaults.
+    """
+
+    def check(args):
+        typed = getattr(args, "_explicit", set())
+        for name in names:
+            if name in typed and not str(getattr(args, name, "")).strip(" ,"):
+                raise UserError(f"--{name} {getattr(args, name)!r} is an empty list; give values, or leave the "
+                                f"flag out for its defaults")
+
+    return check
+
+
 def check_flags(args, rules, checks=()):
     """A UserError for the first flag of `args` that breaks its rule, then for the first failed check."""
     for name, rule in rules.items():
@@ -81,9 +122,13 @@ class FlagParser(argparse.ArgumentParser):
     def parse_args(self, args=None, namespace=None):
         parsed = super().parse_args(args, namespace)
         try:
+            # the checks may ask which flags were typed (list_flags); the namespace keeps no trace of it
+            parsed._explicit = explicit_flags(self, args)
             check_flags(parsed, self.rules, self.checks)
         except UserError as e:
             self.error(str(e))
+        finally:
+            vars(parsed).pop("_explicit", None)
         _PATH_FLAGS.clear()
         _PATH_FLAGS.update({k: v for k, v in vars(parsed).items() if isinstance(v, str) and v})
         return parsed

@@ -3,24 +3,35 @@ How a stage ends and how it stops:
 
 - `run_main` ends a run with one line on stderr: a `UserError` (a mistake the user can fix)
   or an OSError (naming the flag whose path failed) with exit status 2, a pre-emption
-  (`Preempted`: SIGTERM / SIGUSR1 or a time limit, work saved) with exit status 75;
-- `stop_signals` turns SIGTERM / SIGUSR1 into a flag that a loop checks at its safe points
-  (`check_stop`), where it saves and raises Preempted.
+  (`Preempted`: SIGTERM / SIGUSR1 or a time limit, work saved) with exit status 75, an
+  interruption (Ctrl-C, SIGINT: work saved where a loop was running) with exit status 130;
+- `stop_signals` turns SIGTERM / SIGUSR1 / SIGINT into a flag that a loop checks at its safe
+  points (`check_stop`), where it saves and raises Preempted;
+- library warnings (PIL's, torch's) go to stdout as one line each, so that stderr holds only
+  the run's own one-line error.
 """
 
 import contextlib
 import functools
 import os
 import signal
+import subprocess
 import sys
+import tempfile
+import threading
+import warnings
 
+from . import logger
 from .errors import EXIT_USER_ERROR, UserError
 from .flags import flag_of_path
 
 # sysexits.h's EX_TEMPFAIL ("try again later"): stopped by SIGTERM / SIGUSR1 (or --run_time)
 # after saving; the same command (training: with --resume_checkpoint latest) continues.
 EXIT_PREEMPTED = 75
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# The shell's status for a process ended by SIGINT (128 + 2): a user's Ctrl-C saves like a
+# pre-emption but is not one, so a wrapper that requeues on 75 does not requeue it.
+EXIT_INTERRUPTED = 130
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class Preempted(Exception):
@@ -37,15 +48,27 @@ def os_error_line(e):
     return f"{what}: {os.fsdecode(e.filename)!r}{where}"
 
 
+def _warning_to_log(message, category, filename, lineno, file=None, line=None):
+    """A library's warning, once, on stdout and in the log (never on stderr, which holds the one-line error)."""
+    del filename, lineno, file, line
+    text = str(message).strip().splitlines()
+    logger.warn_once(f"{category.__name__}: {text[0] if text else ''}")
+
+
 def run_main(main):
     """
     Run `main()`. A UserError or an OSError ends it with one line on stderr and exit status 2;
-    a pre-emption with one line and exit status 75 (EXIT_PREEMPTED).
+    a pre-emption with one line and exit status 75 (EXIT_PREEMPTED), or 130 (EXIT_INTERRUPTED)
+    when the stop was a SIGINT (Ctrl-C), also one that came before any loop listened.
     """
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         prog = os.path.basename(sys.argv[0])
+        shown, warnings.showwarning = warnings.showwarning, _warning_to_log
+        in_main_thread = threading.current_thread() is threading.main_thread()  # signals need it
+        handlers = ({s: signal.signal(s, _raise_on_stop_signal) for s in (*STOP_SIGNALS, FORWARDED_STOP)}
+                    if in_main_thread else {})
         try:
             return main(*args, **kwargs)
         except UserError as e:
@@ -56,13 +79,17 @@ def run_main(main):
             sys.exit(EXIT_USER_ERROR)
         except Preempted as e:
             sys.stderr.write(f"{prog}: stopped: {e}\n")
-            sys.exit(EXIT_PREEMPTED)
+            sys.exit(EXIT_INTERRUPTED if stop_requested() == "SIGINT" else EXIT_PREEMPTED)
+        finally:
+            warnings.showwarning = shown
+            for s, handler in handlers.items():
+                signal.signal(s, handler)
 
     return wrapper
 
 
 # ---------------------------------------------------------------------------------------
-# Stopping on SIGTERM / SIGUSR1
+# Stopping on SIGTERM / SIGUSR1 / SIGINT
 # ---------------------------------------------------------------------------------------
 
 _stop = {"signal": None, "depth": 0}
@@ -70,6 +97,14 @@ _stop = {"signal": None, "depth": 0}
 # never counts as the "second signal" below, so a signal sent to the whole process group
 # and its forwarded copy do not kill a worker that is saving.
 FORWARDED_STOP = signal.SIGUSR2
+
+
+def _raise_on_stop_signal(signum, frame):
+    """Outside the loops that save at a stop: end at once (the files written so far are whole)."""
+    del frame
+    _stop["signal"] = signal.Signals(signum).name
+    raise Preempted(f"{_stop['signal']} outside a loop that saves; every file written so far is complete "
+                    f"(atomic writes), and the same command continues or starts again")
 
 
 def _on_stop_signal(signum, frame):
@@ -84,7 +119,7 @@ def _on_stop_signal(signum, frame):
 @contextlib.contextmanager
 def stop_signals():
     """
-    Within the block SIGTERM / SIGUSR1 only set a flag (`stop_requested`) that the loop
+    Within the block SIGTERM / SIGUSR1 / SIGINT only set a flag (`stop_requested`) that the loop
     checks at its next safe point (a step, a batch), where it saves and raises Preempted;
     a second one stops the process at once.
     """
@@ -115,3 +150,56 @@ def check_stop(what):
     """Raise Preempted at a loop's safe point when a stop signal came; `what` says what is saved."""
     if stop_requested():
         raise Preempted(f"{stop_requested()}: {what}")
+
+
+# ---------------------------------------------------------------------------------------
+# Stages run as child processes (the studies)
+# ---------------------------------------------------------------------------------------
+
+def run_children(commands, cwd=None, env=None, names=None):
+    """
+    Run `commands` side by side and wait for all of them; returns their stdout texts. A stop
+    signal to this process is passed on to the children (as FORWARDED_STOP, which never
+    counts as their second signal: a Ctrl-C reaches them too), they save and stop, and
+    Preempted is raised; a child stopped by itself the same. A child that fails otherwise is a
+    UserError with its last stderr line. Output goes to files, never to pipes that can fill.
+    """
+    names = names or [os.path.basename(c[1] if len(c) > 1 else c[0]) for c in commands]
+    with stop_signals(), contextlib.ExitStack() as files:
+        outs = [files.enter_context(tempfile.TemporaryFile("w+")) for _ in commands]
+        errs = [files.enter_context(tempfile.TemporaryFile("w+")) for _ in commands]
+        procs = [subprocess.Popen(c, cwd=cwd, env=env, stdout=o, stderr=e, text=True)
+                 for c, o, e in zip(commands, outs, errs)]
+        forwarded = False
+        try:
+            while any(p.poll() is None for p in procs):
+                if stop_requested() and not forwarded:
+                    for p in procs:
+                        if p.poll() is None:
+                            with contextlib.suppress(ProcessLookupError):
+                                p.send_signal(FORWARDED_STOP)
+                    forwarded = True
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    procs[[p.poll() is None for p in procs].index(True)].wait(timeout=0.2)
+        finally:
+            for p in procs:  # an error in this process: no child outlives it
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+
+        def last_line(f):
+            f.seek(0)
+            return (f.read().strip().splitlines() or ["(no output)"])[-1]
+
+        stopped = [n for n, p in zip(names, procs) if p.returncode in (EXIT_PREEMPTED, EXIT_INTERRUPTED)]
+        if forwarded or stopped:
+            raise Preempted(f"{stop_requested() or 'a stage stopped'}: {', '.join(stopped or names)} saved their "
+                            f"work and stopped; the same command continues")
+        for name, p, err in zip(names, procs, errs):
+            if p.returncode != 0:
+                raise UserError(f"{name} failed ({p.returncode}): {last_line(err)}")
+        texts = []
+        for f in outs:
+            f.seek(0)
+            texts.append(f.read())
+        return texts

@@ -10,6 +10,7 @@ raise `Preempted` (exit status 75): the run is not finished, and the same comman
 
 import contextlib
 import glob
+import math
 import os
 import re
 import time
@@ -66,6 +67,10 @@ def resolve_resume_checkpoint(model_save_dir, resume_checkpoint):
     return ""
 
 
+class NonFiniteLoss(Exception):
+    """A training step whose loss is NaN or inf (raised before the weights are updated)."""
+
+
 class TrainLoop:
     """
     :param model: the network (its parameters are trained).
@@ -115,6 +120,7 @@ class TrainLoop:
         self.batch_size = batch_size
         self.microbatch = microbatch if microbatch > 0 else batch_size
         self.lr = lr
+        self.weight_decay = weight_decay
         self.lr_anneal_steps = lr_anneal_steps
         self.max_step = max_step
         self.run_time = run_time
@@ -192,6 +198,25 @@ class TrainLoop:
         except (ValueError, KeyError, RuntimeError) as e:
             raise UserError(f"optimizer state {path!r} does not fit this model ({str(e).splitlines()[0][:120]}); "
                             f"delete it to resume with a fresh optimizer") from None
+        self._apply_flags_over_saved_optimizer()
+
+    def _apply_flags_over_saved_optimizer(self):
+        """
+        The optimizer state brings back the lr and weight decay it ran with; the flags given now
+        win (a changed --lr is what the user asked for), and a change is logged once.
+        """
+        group = self.opt.param_groups[0]
+        # the lr these flags give at the last step taken (annealing sets it before each step)
+        expected = self.lr * (1 - (self.step - 1) / self.lr_anneal_steps) if self.lr_anneal_steps else self.lr
+        if not math.isclose(group["lr"], expected, rel_tol=1e-9, abs_tol=1e-15):
+            logger.log(f"resuming with --lr {self.lr}" + (f" annealed over --lr_anneal_steps {self.lr_anneal_steps}"
+                       if self.lr_anneal_steps else "") + f": the checkpoint's optimizer ran at lr {group['lr']:.6g} "
+                       f"at step {self.step}, where these flags give {expected:.6g}")
+        if group["weight_decay"] != self.weight_decay:
+            logger.log(f"resuming with --weight_decay {self.weight_decay}: the checkpoint's optimizer had "
+                       f"{group['weight_decay']}")
+        for g in self.opt.param_groups:
+            g["lr"], g["weight_decay"] = expected, self.weight_decay
 
     def save(self):
         """Write opt{step}.pt, then model{step}.pt (the model file marks a complete checkpoint)."""
@@ -249,7 +274,14 @@ class TrainLoop:
         self.model.train()
         try:
             while self.step < end_step:
-                self.run_step(next(self.data))
+                try:
+                    self.run_step(next(self.data))
+                except NonFiniteLoss as e:
+                    if self._last_saved != self.step:
+                        self.save()
+                    raise UserError(f"the training loss is {e.args[0]} at step {self.step + 1}; the weights of the "
+                                    f"last finite step are saved as model{self.step:06d}.pt in {self.model_save_dir} "
+                                    f"(lower --lr, or check the data and the checkpoint it started from)") from None
                 self.step += 1
                 if bar is not None:
                     bar.update(1)
@@ -288,13 +320,23 @@ class TrainLoop:
 
     def run_step(self, batch):
         self._set_lr()
-        self.forward_backward(batch)
+        loss = self.forward_backward(batch)
+        # Checked before the update (one sync per step), so the weights stay those of the last finite step.
+        if not self._all_finite(loss):
+            raise NonFiniteLoss(loss.item())
         self.mp_trainer.optimize(self.opt)
+
+    def _all_finite(self, loss):
+        finite = th.isfinite(loss).float()
+        if self.use_ddp:  # every rank stops together (one rank's NaN would reach all in the gradient)
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        return bool(finite.item())
 
     def forward_backward(self, batch):
         self.mp_trainer.zero_grad()
         batch = [b.to(self.device, non_blocking=True) for b in batch]
         n = batch[0].shape[0]
+        step_loss = 0.0
         for i in range(0, n, self.microbatch):
             micro = [b[i:i + self.microbatch] for b in batch]
             share = micro[0].shape[0] / n
@@ -306,6 +348,7 @@ class TrainLoop:
                 # Weight each microbatch by its share: the gradient is the whole batch's mean.
                 self.mp_trainer.backward(loss * share)
             detached = loss.detach() * share
+            step_loss = step_loss + detached
             self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached
             if last:
                 self._loss_count += 1
@@ -313,6 +356,7 @@ class TrainLoop:
                     and (self.step + 1) % self.image_interval == 0 and dist_util.get_rank() == 0:
                 with th.no_grad():
                     self.image_fn(self.step + 1, micro, output.detach())
+        return step_loss
 
     def _set_lr(self):
         """Linear annealing: step s (0-based) runs at lr * (1 - s / lr_anneal_steps)."""

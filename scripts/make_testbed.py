@@ -8,7 +8,16 @@ Write the exact testbed (a Gaussian scale mixture, SPEC.md) as an image folder:
 
 import os
 
-from runkit import NON_NEGATIVE, UserError, create_argparser, logger, require_writable_dir, run_main
+from runkit import (
+    NON_NEGATIVE,
+    UserError,
+    comma_list,
+    create_argparser,
+    list_flags,
+    logger,
+    require_writable_dir,
+    run_main,
+)
 from runkit.fileio import record_run_flags
 from testbed import TESTBED_CHECKS, TESTBED_RULES, TestbedParams, write_testbed_dataset
 
@@ -20,13 +29,11 @@ def main():
                                    scales=",".join(map(str, d.scales)), length_scale=d.length_scale,
                                    channel_correlation=d.channel_correlation, num_train=2000, num_eval=16,
                                    seed=0),
-                              rules=dict(TESTBED_RULES, num_train=NON_NEGATIVE), checks=TESTBED_CHECKS,
+                              rules=dict(TESTBED_RULES, num_train=NON_NEGATIVE),
+                              checks=(*TESTBED_CHECKS, list_flags("scales")),
                               description=__doc__)
     args = parser.parse_args()
-    try:
-        scales = tuple(float(s) for s in args.scales.split(","))
-    except ValueError:
-        raise UserError(f"--scales {args.scales!r} should be numbers, e.g. 0.08,0.16,0.3") from None
+    scales = comma_list(args.scales, "scales", float, example="0.08,0.16,0.3")
     try:
         params = TestbedParams(large_size=args.large_size, small_size=args.small_size, scales=scales,
                                weights=tuple(1 / len(scales) for _ in scales), length_scale=args.length_scale,

@@ -17,12 +17,13 @@ softmax) is the target, found by bisection; at most 1.
 import argparse
 
 from noisy_mnist.sweep import SWEEP_RULES, run_sweep, sweep_defaults
-from runkit import create_argparser, run_main
+from runkit import create_argparser, list_flags, run_main
 
 
 @run_main
 def main():
-    parser = create_argparser(sweep_defaults(), rules=SWEEP_RULES, description=__doc__)
+    parser = create_argparser(sweep_defaults(), rules=SWEEP_RULES, checks=(list_flags("levels", "noise_types"),),
+                              description=__doc__)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     run_sweep(vars(parser.parse_args()))
 

@@ -14,7 +14,17 @@ seed's sampler (ancestral, 250 steps) or of the floor, whichever is larger.
 
 import os
 
-from runkit import AT_LEAST_ONE, NON_NEGATIVE, UserError, create_argparser, logger, require_writable_dir, run_main
+from runkit import (
+    AT_LEAST_ONE,
+    NON_NEGATIVE,
+    UserError,
+    comma_list,
+    create_argparser,
+    list_flags,
+    logger,
+    require_writable_dir,
+    run_main,
+)
 from runkit.fileio import atomic_write, record_run_flags, save_json
 from studies.sampler_report import H200_SAMPLE_STEPS_PER_S, draw_figure, recommend, write_tables
 from studies.sampler_run import DEFAULT_GRID, run_study
@@ -31,16 +41,10 @@ RULES = dict(TESTBED_RULES, num_samples=AT_LEAST_ONE, batch_size=AT_LEAST_ONE, e
 
 
 def grid_from(args):
-    samplers = [s for s in args.samplers.split(",") if s]
-    for s in samplers:
-        if s not in DEFAULT_GRID:
-            raise UserError(f"--samplers: {s!r} is not one of: {', '.join(DEFAULT_GRID)}")
+    samplers = comma_list(args.samplers, "samplers", choices=tuple(DEFAULT_GRID))
     if not args.nfe:
         return {s: DEFAULT_GRID[s] for s in samplers}
-    try:
-        nfes = tuple(int(n) for n in args.nfe.split(","))
-    except ValueError:
-        raise UserError(f"--nfe {args.nfe!r} should be step counts, e.g. 10,25,50") from None
+    nfes = comma_list(args.nfe, "nfe", int, example="10,25,50")
     if not all(1 <= n <= 1000 for n in nfes):
         raise UserError(f"--nfe {args.nfe!r}: every count must be in 1..1000")
     return {s: nfes for s in samplers}
@@ -48,7 +52,7 @@ def grid_from(args):
 
 @run_main
 def main():
-    args = create_argparser(defaults(), rules=RULES, checks=TESTBED_CHECKS,
+    args = create_argparser(defaults(), rules=RULES, checks=(*TESTBED_CHECKS, list_flags("nfe", "samplers")),
                             description=__doc__).parse_args()
     grid = grid_from(args)
     if not 0 < args.tolerance < 1:

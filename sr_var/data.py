@@ -34,15 +34,32 @@ class BadImageError(UserError):
 # ---------------------------------------------------------------------------------------
 
 def load_data_info(path, flag="data_info_dict_path"):
-    """Load and check a data-info pickle; returns {synset: {"y": int, "file_names": [str]}}."""
+    """
+    Load a data-info pickle and check it as data, before any work: {synset: {"y": class
+    index, "file_names": [str, ...]}} with integer class indices of 0 or more, file names
+    that are non-empty strings, and no file listed twice (under one class or two).
+    """
     info = load_pickle(path, flag, what="data-info pickle")
+    where = f"{path!r} (--{flag})"
     ok = isinstance(info, dict) and all(
         isinstance(v, dict) and "file_names" in v and isinstance(v["file_names"], (list, tuple))
         for v in info.values()
     )
     if not ok:
-        raise UserError(f"{path!r} (--{flag}) is not a data-info pickle of the form "
+        raise UserError(f"{where} is not a data-info pickle of the form "
                         "{synset: {'y': class index, 'file_names': [...]}}")
+    listed_under = {}
+    for synset, v in info.items():
+        y = v.get("y", 0)
+        if isinstance(y, (bool, np.bool_)) or not isinstance(y, (int, np.integer)) or y < 0:
+            raise UserError(f"{where}: the class index of {synset!r} is {y!r}, not an integer of 0 or more")
+        for name in v["file_names"]:
+            if not isinstance(name, str) or not name:
+                raise UserError(f"{where}: {synset!r} lists {name!r}, which is not a file name")
+            if name in listed_under:
+                raise UserError(f"{where}: {name!r} is listed twice (under {listed_under[name]!r} and {synset!r}); "
+                                f"each image may be listed once")
+            listed_under[name] = synset
     return info
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from imaging import VAR_SCALE, to_255, to_uint8
 from runkit import UserError
 from runkit.fileio import load_pickle, save_pickle, save_png
+from runkit.finite import require_finite
 
 from . import networks
 from . import principal_components as pcs
@@ -161,7 +162,8 @@ class VarianceModel(ModelKind):
 
     def read(self, paths):
         """The stored output, float64 HWC in [0, 255]^2."""
-        return np.asarray(load_pickle(paths["var"], what="variance pickle"), dtype=np.float64)
+        var = np.asarray(load_pickle(paths["var"], what="variance pickle"), dtype=np.float64)
+        return require_finite(var, f"variance output {paths['var']!r}")
 
     def test_tiles(self, low_res_up, raw, mean):
         return [to_uint8(low_res_up.cpu()), to_uint8(mean.cpu()), std_to_uint8(raw.cpu())]

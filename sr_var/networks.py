@@ -10,7 +10,7 @@ import torch as th
 import torch.nn as nn
 import torch.nn.functional as F
 
-from guided_diffusion.script_util import attention_downsample_rates, parse_channel_mult
+from guided_diffusion.script_util import attention_downsample_rates, attention_reached, parse_channel_mult
 from guided_diffusion.unet import UNetModel
 from runkit import AT_LEAST_ONE, FRACTION, UNSET_OR_AT_LEAST_ONE, multiple_of
 
@@ -143,7 +143,7 @@ MEAN_MODEL_RULES = dict(
     out_channels=AT_LEAST_ONE, num_res_blocks=AT_LEAST_ONE, dropout=FRACTION, dims=AT_LEAST_ONE,
     num_heads=AT_LEAST_ONE, num_head_channels=UNSET_OR_AT_LEAST_ONE, num_heads_upsample=UNSET_OR_AT_LEAST_ONE,
 )
-SIZE_CHECKS = (multiple_of("large_size", "small_size"),)
+SIZE_CHECKS = (multiple_of("large_size", "small_size"), attention_reached("large_size", _PLAIN_CHANNEL_MULT))
 
 
 def var_model_defaults():

@@ -25,6 +25,7 @@ from imaging.pc_metrics import (  # noqa: F401 (the comparisons, under their old
 )
 from runkit import UserError, require_file
 from runkit.fileio import atomic_write
+from runkit.finite import require_finite
 
 # -- training ------------------------------------------------------------------------------------
 
@@ -71,4 +72,6 @@ def load_pcs(path, size):
     if directions.ndim != 4 or directions.shape[1:] != (size, size, 3) or variances.shape != directions.shape[:1]:
         raise UserError(f"{path!r} holds directions {directions.shape} and variances {variances.shape}, not "
                         f"[K, {size}, {size}, 3] and [K]: check --large_size")
+    require_finite(directions, f"PC-model output {path!r} (directions)")
+    require_finite(variances, f"PC-model output {path!r} (variances)")
     return directions.reshape(len(directions), -1).astype(np.float64), variances.astype(np.float64)

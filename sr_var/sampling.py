@@ -36,6 +36,7 @@ from guided_diffusion.script_util import NUM_CLASSES, SR_FLAG_NAMES, diffusion_f
 from imaging import area_downsample, to_float, to_uint8
 from runkit import AT_LEAST_ONE, NON_NEGATIVE, UserError, check_choice, check_stop, dist_util, logger
 from runkit.fileio import load_model_weights, png_is_complete, record_run_flags, remove_stale_tmp, save_png
+from runkit.finite import require_finite
 from testbed import ExactTestbedTeacher, TestbedTeacher, is_testbed_file, load_testbed
 
 from .data import flatten_data_info, load_data_info, load_image, resolve_images
@@ -283,6 +284,8 @@ def run_sampling(args, model, diffusion, todo):
             seeds = [sample_seed(args.seed, file_name, i) for i in indices]
             samples = sample_images(model, diffusion, low_res, y if args.class_cond else None, seeds,
                                     args.large_size, clip_denoised=args.clip_denoised, sampler=sampler, eta=args.eta)
+            require_finite(samples, f"the samples of {file_name!r} from --model_path {args.model_path!r} "
+                                    f"(sampler {sampler})")  # a NaN would be saved as a black PNG
             for i, sample in zip(indices, to_uint8(samples).permute(0, 2, 3, 1).cpu().numpy()):
                 save_png(sample, sample_path(args.output_dir, file_name, i))
             made += len(indices)

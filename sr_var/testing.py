@@ -30,6 +30,7 @@ from runkit import (
     stop_signals,
 )
 from runkit.fileio import load_model_weights
+from runkit.finite import require_finite
 
 from .data import flatten_data_info, iterate_images, load_data_info, resolve_images
 from .models import load_mean_model, model_args_for_run, use_fp16_here
@@ -118,6 +119,9 @@ def test(args, explicit, kind):
             high_res = to_float(batch.to(device))
             low_res_up = low_res_input(high_res, model_args["small_size"])
             raw, mean = kind.predict(model, low_res_up, mean_model)
+            for part in raw if isinstance(raw, tuple) else (raw,):  # never a NaN image or variance written
+                require_finite(part, f"the {kind.title} model's output on {names[mine[idx[0]]]!r} and the rest "
+                                     f"of its batch (--model_path {args.model_path!r})")
             for j, k in enumerate(idx.tolist()):
                 kind.write(raw, j, kind.output_paths(args.output_dir, names[mine[k]], step), low_res_up)
             if n_batch < args.max_tensorboard_batches:

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from imaging import metrics
-from runkit import AT_LEAST_ONE, NON_NEGATIVE, UserError, logger, require_dir, require_writable_dir
+from runkit import AT_LEAST_ONE, NON_NEGATIVE, Rule, UserError, logger, require_dir, require_writable_dir
 from runkit.fileio import atomic_write, save_json, save_pickle, save_png
 from testbed import load_testbed
 from testbed.scoring import exact_posterior, group_by_scale, name_seed  # noqa: F401 (exact_posterior: its old home)
@@ -50,7 +50,9 @@ def verification_defaults():
     )
 
 
-VERIFICATION_RULES = dict(large_size=AT_LEAST_ONE, small_size=AT_LEAST_ONE, num_samples=AT_LEAST_ONE,
+# One sample has a variance of 0 everywhere: no comparison of variances can be made from it.
+AT_LEAST_TWO_SAMPLES = Rule(lambda v: v >= 2, "at least 2 (one sample has no variance)")
+VERIFICATION_RULES = dict(large_size=AT_LEAST_ONE, small_size=AT_LEAST_ONE, num_samples=AT_LEAST_TWO_SAMPLES,
                           mean_model_step=NON_NEGATIVE, var_model_step=NON_NEGATIVE, num_grid_images=NON_NEGATIVE,
                           max_tensorboard_images=NON_NEGATIVE)
 

@@ -7,15 +7,15 @@ continues.
 """
 
 import os
-import subprocess
 import sys
 import time
 
 import numpy as np
 
 from imaging import to_255
-from runkit import UserError, logger
-from runkit.fileio import cached_json, load_model_weights, load_pickle
+from runkit import logger
+from runkit.fileio import cached_json, load_model_weights, load_pickle, save_pickle
+from runkit.run import run_children
 from runkit.training import list_checkpoints, parse_resume_step_from_filename
 from sr_var.data import flatten_data_info, load_all_images, load_data_info, resolve_images
 from sr_var.kinds import KINDS, MEAN, PC, VAR
@@ -87,21 +87,15 @@ def _reference_lines(out_dir, data_dir, images, reference_images, num_samples, s
 
 def _ideal_ddpm_reference(out_dir, data_dir, images, count, num_samples, seed):
     """ddpm_sr_sample.py with the ideal teacher (250 steps, the paper's protocol) on the first `count` images."""
-    import subprocess
-    import sys
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     idx = reference_indices(images, count)
     subset = {}
     for i in idx:
         subset.setdefault(f"gsm{images.ks[i]}", {"y": images.ks[i], "file_names": []})["file_names"].append(
             images.names[i])
     info_path = os.path.join(out_dir, "reference_images.pkl")
-    from runkit.fileio import save_pickle
-
     save_pickle(subset, info_path)
     p = images.testbed.params
-    args = [sys.executable, os.path.join(root, "ddpm_sr_sample.py"), "--large_size", str(p.large_size),
+    args = ["ddpm_sr_sample.py", "--large_size", str(p.large_size),
             "--small_size", str(p.small_size), "--class_cond", "True", "--learn_sigma", "True", "--diffusion_steps",
             "1000", "--noise_schedule", "linear", "--timestep_respacing", "250", "--data_dir",
             os.path.join(data_dir, "images"), "--model_path", os.path.join(data_dir, "testbed.json"),
@@ -110,7 +104,7 @@ def _ideal_ddpm_reference(out_dir, data_dir, images, count, num_samples, seed):
             "--seed", str(seed)]
     logger.log(f"ideal DDPM-SR reference: {count} images x {num_samples} samples x 250 steps")
     start = time.time()
-    subprocess.run(args, cwd=root, env=dict(os.environ, PYTHONPATH=root), check=True, capture_output=True)
+    stage(args, ROOT)
     seconds_per_image = (time.time() - start) / count
     means, variances = [], []
     for i in idx:  # the verification's own moments of the samples, HWC -> CHW like the exact moments here
@@ -212,14 +206,12 @@ MODEL_FLAGS = ("--attention_resolutions 16,8 --model_channels 32 --num_heads 4 -
 
 
 def stage(args, cwd, env=None):
-    """Run a stage script as a user would; its output goes to the study's log."""
-    cmd = [sys.executable, os.path.join(ROOT, args[0]), *args[1:]]
-    proc = subprocess.run(cmd, cwd=cwd, env=dict(os.environ, PYTHONPATH=ROOT, **(env or {})),
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise UserError(f"{' '.join(args[:1])} failed ({proc.returncode}): "
-                        f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}")
-    return proc
+    """Run a stage script as a user would (a stop signal reaches it, see run_children); returns its stdout."""
+    return run_children([_command(args)], cwd, dict(os.environ, PYTHONPATH=ROOT, **(env or {})))[0]
+
+
+def _command(args):
+    return [sys.executable, os.path.join(ROOT, args[0]), *args[1:]]
 
 
 def training_runs(a, out):
@@ -252,10 +244,4 @@ def train_wave(runs, parallel):
             stage(args, ROOT)
         return
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1" if len(runs) > 1 else str(os.cpu_count() or 1))
-    procs = [(name, subprocess.Popen([sys.executable, os.path.join(ROOT, args[0]), *args[1:]], cwd=ROOT, env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-             for name, args in runs]
-    for name, proc in procs:
-        _, err = proc.communicate()
-        if proc.returncode != 0:
-            raise UserError(f"training {name} failed ({proc.returncode}): {(err.strip().splitlines() or ['?'])[-1]}")
+    run_children([_command(args) for _, args in runs], ROOT, env, names=[f"training {name}" for name, _ in runs])

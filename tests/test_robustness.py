@@ -66,7 +66,7 @@ def test_flags_are_spelt_out(capsys, script, args, needles):
     ("ddpm_sr_sample.py", ["--num_samples_per_image", "0"], "--num_samples_per_image 0 should be at least 1"),
     ("ddpm_sr_sample.py", ["--num_head_channels", "0"], "--num_head_channels 0 should be -1 (unset) or at least 1"),
     ("sr_mean_test.py", ["--batch_size", "-2"], "--batch_size -2 should be at least 1"),
-    ("sr_var_verification.py", ["--num_samples", "0"], "--num_samples 0 should be at least 1"),
+    ("sr_var_verification.py", ["--num_samples", "1"], "--num_samples 1 should be at least 2"),
     ("mnist_classification.py", ["--eval_batch_size", "0"], "--eval_batch_size 0 should be at least 1"),
     ("mnist_classification.py", ["--alpha", "1.5"], "--alpha 1.5 should be in [0, 1]"),
 ])
