@@ -140,10 +140,7 @@ def load_sampler_model(args, model_and_diffusion_args):
         if teacher == "exact" and sampler_name(args) != "ancestral":
             raise UserError(f"--teacher exact draws exact reverse transitions; --sampler {sampler_name(args)} "
                             f"(or --use_ddim) does not apply to it")
-        testbed = load_testbed(args.model_path)
-        if testbed.params.large_size != args.large_size or testbed.params.small_size != args.small_size:
-            raise UserError(f"the testbed {args.model_path!r} is {testbed.params.small_size}->"
-                            f"{testbed.params.large_size} px; set --small_size and --large_size to match")
+        testbed = load_testbed(args.model_path, sizes=(args.large_size, args.small_size))
         diffusion = diffusion_from_flags(model_and_diffusion_args)
         logger.log(f"using the testbed teacher {teacher!r} of {args.model_path}")
         if teacher == "exact":

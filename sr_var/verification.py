@@ -254,7 +254,7 @@ def find_testbed(args):
         path = candidate if os.path.exists(candidate) else ""
     if not path:
         return None
-    testbed = load_testbed(path, "testbed_path")
+    testbed = load_testbed(path, "testbed_path", sizes=(args.large_size, args.small_size))
     testbed.path = path
     return testbed
 
@@ -278,12 +278,13 @@ def verify(args):
     require_dir(args.ddpm_sr_output_dir, "ddpm_sr_output_dir")
     require_dir(args.sr_model_output_dir, "sr_model_output_dir")
     testbed = find_testbed(args)
-    for name in names:  # every input is there before anything is written
+    for name in names:  # every input is there (readable, of its size, finite) before anything is written
         check_samples(args.ddpm_sr_output_dir, name, args.num_samples)
-        model_output_paths(args.sr_model_output_dir, name, args.mean_model_step, args.var_model_step)
+        model_outputs(args.sr_model_output_dir, name, args.mean_model_step, args.var_model_step, args.large_size)
     pc_step = find_pc_step(args, names)
     if pc_step is not None:
-        num_pcs = len(pcs.load_pcs(pcs.pcs_path(args.sr_model_output_dir, names[0], pc_step), args.large_size)[1])
+        num_pcs = max(len(pcs.load_pcs(pcs.pcs_path(args.sr_model_output_dir, name, pc_step), args.large_size)[1])
+                      for name in names)  # each one readable and finite before anything is written
         if args.num_samples <= num_pcs:
             raise UserError(f"the PC model gives {num_pcs} components and --num_samples {args.num_samples} samples "
                             f"have at most {args.num_samples - 1}: compare with more samples or --pc_model_step none")

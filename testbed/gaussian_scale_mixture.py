@@ -324,13 +324,21 @@ class GaussianScaleMixture:
         return cls(TestbedParams(**d))
 
 
-def load_testbed(path, flag="model_path"):
-    """Read a testbed description (testbed.json) written by `write_testbed_dataset`."""
+def load_testbed(path, flag="model_path", sizes=None):
+    """
+    Read a testbed description (testbed.json) written by `write_testbed_dataset`; with
+    `sizes` (large, small), one of other sizes is refused in one line, before any work.
+    """
     try:
         with open(path) as f:
-            return GaussianScaleMixture.from_json(f.read())
+            testbed = GaussianScaleMixture.from_json(f.read())
     except (OSError, ValueError, TypeError, KeyError) as e:
         raise UserError(f"{path!r} (--{flag}) is not a testbed description: {e}") from None
+    if sizes is not None and (testbed.params.large_size, testbed.params.small_size) != tuple(sizes):
+        raise UserError(f"the testbed {path!r} (--{flag}) is {testbed.params.small_size}->"
+                        f"{testbed.params.large_size} px, the flags {sizes[1]}->{sizes[0]} px; set --small_size and "
+                        f"--large_size to match")
+    return testbed
 
 
 def is_testbed_file(path):

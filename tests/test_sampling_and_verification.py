@@ -244,8 +244,8 @@ def test_verification_results_match_a_direct_computation(verification_dir):
 def test_verification_bad_inputs(verification_dir):
     assert_user_error(run_script(_verify_args(num_samples="5"), cwd=verification_dir, check=False),
                       "'n00000000_0' has 3 of the 5 samples")
-    assert_user_error(run_script(_verify_args(num_samples="0"), cwd=verification_dir, check=False),
-                      "--num_samples 0 should be at least 1")
+    assert_user_error(run_script(_verify_args(num_samples="1"), cwd=verification_dir, check=False),
+                      "--num_samples 1 should be at least 2 (one sample has no variance)")
     assert_user_error(run_script(_verify_args(mean_model_step="8"), cwd=verification_dir, check=False),
                       "high_res_mean_8.png", "sr_mean_test.py")
     assert_user_error(run_script(_verify_args(var_model_step="8"), cwd=verification_dir, check=False),

@@ -153,9 +153,9 @@ def test_bad_inputs_end_with_one_line(sr_run, tmp_path):
     # flags that contradict the args pickle of the checkpoint's run
     assert_user_error(_seed_mean_test(sr_run, "--model_channels", "64"), "--model_channels", "contradicts",
                       "mean_model_args.pkl")
-    # a checkpoint of another model: the variance model's has 6 input channels
+    # a checkpoint of another stage: the variance model's (6 input channels) is named as such
     assert_user_error(_seed_mean_test(sr_run, model_path="checkpoints/sr_var/64_256/model000003.pt"),
-                      "does not fit the model flags", "--in_channels")
+                      "holds the weights of a variance model", "not of a mean model")
     # a listed image that is missing, and one that cannot be decoded
     info = {"n00000000": {"y": 0, "file_names": ["n00000000_0", "n00000000_404"]}}
     pickle.dump(info, open(sr_run / "missing.pkl", "wb"))
@@ -179,7 +179,8 @@ def test_bad_inputs_end_with_one_line(sr_run, tmp_path):
                        "data/sr_imagenet/train_data_info.pkl", "--log_dir", "logs/sr_mean/64_256",
                        "--model_save_dir", "checkpoints/sr_mean/64_256", "--resume_checkpoint", "model999999.pt"],
                       cwd=sr_run, check=False)
-    assert_user_error(proc, "--resume_checkpoint 'model999999.pt'", "model000005.pt")
+    # the checkpoints there: as many as the tests before this one made
+    assert_user_error(proc, "--resume_checkpoint 'model999999.pt'", "checkpoints there: model0000")
     # a missing data directory for training
     proc = run_script(["sr_mean_train.py", "--data_dir", str(tmp_path / "none"), "--data_info_dict_path",
                        "data/sr_imagenet/train_data_info.pkl", "--log_dir", "logs/x", "--model_save_dir", "ck/x"],
