@@ -8,7 +8,8 @@ what a stage needs to start, stop and write safely, and nothing about models or 
     run.py              run_main (one-line errors, exit 2 / 75 / 130), stop signals and check_stop
     paths.py            path checks with "did you mean", writable folders, run-folder locks
     fileio.py           atomic writes, run-folder records, restricted unpickling, checkpoint
-                        loading that names the flag behind a mismatch
+                        loading that names the flag (or the other stage) behind a mismatch
+    finite.py           the one guard against NaN and inf in weights, outputs and scores
     logger.py           logging (text, CSV, TensorBoard) and progress bars
     dist_util.py        the process group (MPI launchers) and this process's device
     mixed_precision.py  fp16 training with fp32 master weights and loss scaling

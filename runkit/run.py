@@ -7,8 +7,8 @@ How a stage ends and how it stops:
   interruption (Ctrl-C, SIGINT: work saved where a loop was running) with exit status 130;
 - `stop_signals` turns SIGTERM / SIGUSR1 / SIGINT into a flag that a loop checks at its safe
   points (`check_stop`), where it saves and raises Preempted;
-- library warnings (PIL's, torch's) go to stdout as one line each, so that stderr holds only
-  the run's own one-line error.
+- library warnings (PIL's, torch's) go to stdout and the log, once each, so that stderr holds
+  only the run's own one-line error.
 """
 
 import contextlib

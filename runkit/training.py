@@ -6,6 +6,9 @@ annealing, stopping by step count or wall time, atomic checkpoints every
 SIGTERM / SIGUSR1 (cluster pre-emption) and --run_time end the loop with a checkpoint and
 raise `Preempted` (exit status 75): the run is not finished, and the same command with
 `--resume_checkpoint latest` continues it. One live run per `model_save_dir` (a lock).
+A loss that turns NaN or inf ends the run in one line with the last finite step saved; a
+resumed run takes the --lr and --weight_decay given now over its optimizer state's, and logs
+a change.
 """
 
 import contextlib
@@ -323,7 +326,8 @@ class TrainLoop:
         loss = self.forward_backward(batch)
         # Checked before the update (one sync per step), so the weights stay those of the last finite step.
         if not self._all_finite(loss):
-            raise NonFiniteLoss(loss.item())
+            value = loss.item()
+            raise NonFiniteLoss(value if not math.isfinite(value) else "not finite on another rank")
         self.mp_trainer.optimize(self.opt)
 
     def _all_finite(self, loss):
