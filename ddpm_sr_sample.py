@@ -37,7 +37,7 @@ def create_parser():
                             description=__doc__)
 
 
-@run_main
+@run_main(distributed=True)
 def main():
     args = create_parser().parse_args()
     if not args.output_dir:

@@ -13,7 +13,7 @@ def create_parser():
     return training_parser(MEAN, description=__doc__)
 
 
-@run_main
+@run_main(distributed=True)
 def main():
     parser = create_parser()
     train(parser.parse_args(), explicit_flags(parser), MEAN)

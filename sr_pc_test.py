@@ -14,7 +14,7 @@ def create_parser():
     return testing_parser(PC, description=__doc__)
 
 
-@run_main
+@run_main(distributed=True)
 def main():
     parser = create_parser()
     test(parser.parse_args(), explicit_flags(parser), PC)

@@ -14,7 +14,7 @@ def create_parser():
     return testing_parser(VAR, description=__doc__)
 
 
-@run_main
+@run_main(distributed=True)
 def main():
     parser = create_parser()
     test(parser.parse_args(), explicit_flags(parser), VAR)

@@ -98,6 +98,9 @@ def attention_reached(size_flag, table):
     def check(args):
         size = getattr(args, size_flag)
         resolutions = comma_list(args.attention_resolutions, "attention_resolutions", int, example="16,8")
+        if not resolutions:  # upstream's int("") would fail inside the model builder
+            raise UserError(f"--attention_resolutions {args.attention_resolutions!r} is an empty list; give the "
+                            f"resolutions to attend at, e.g. 16,8")
         try:
             mult = parse_channel_mult(comma_list(args.channel_mult, "channel_mult", float, example="1,2,2")
                                       if args.channel_mult else "", size, table)

@@ -6,15 +6,14 @@ and per-class mean prediction vs mean noise distribution, with the paper's curve
     python -m noisy_mnist.figures RESULTS.json OUT_DIR     # redraw a sweep's figures
 """
 
-import json
 import os
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from runkit import FlagParser, require_file, run_main
-from runkit.fileio import save_png
+from runkit import FlagParser, UserError, require_file, run_main
+from runkit.fileio import read_json, save_png
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_RESULTS = os.path.join(ROOT, "data", "paper_mnist_results.json")
@@ -68,8 +67,7 @@ def per_class_figure(per_class_softmax, per_class_noise, title):
 
 def load_paper(path):
     """The paper's curves by our noise-type names."""
-    with open(path) as f:
-        paper = json.load(f)
+    paper = read_json(path, "paper_results")
     return {entry.get("code_name", name): entry for name, entry in paper.items() if isinstance(entry, dict)}
 
 
@@ -152,8 +150,10 @@ def ratio_figure(rows, paper):
 
 def draw_figures(results_path, out_dir, paper_path=PAPER_RESULTS):
     """Draw every figure of a sweep's results.json into out_dir; returns the paths written."""
-    with open(results_path) as f:
-        rows = json.load(f)["rows"]
+    results = read_json(results_path)
+    if not isinstance(results, dict) or not isinstance(results.get("rows"), list):
+        raise UserError(f"{results_path!r} is not a sweep's results.json: it has no list of 'rows'")
+    rows = results["rows"]
     paper = load_paper(paper_path)
     figs = {"accuracy_vs_ratio.png": accuracy_figure(rows, paper), "ce_average_vs_minimum.png": ce_figure(rows, paper),
             "ratio_vs_alpha.png": ratio_figure(rows, paper)}

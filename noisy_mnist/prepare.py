@@ -35,7 +35,11 @@ def read_idx(path):
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08:
         raise UserError(f"{path!r} is not an IDX file of unsigned bytes")
     ndim = data[3]
-    shape = tuple(np.frombuffer(data, dtype=">i4", count=ndim, offset=4))
+    if len(data) < 4 + 4 * ndim:
+        raise UserError(f"{path!r} is truncated: its header names {ndim} dimensions, the file ends before them")
+    shape = tuple(int(n) for n in np.frombuffer(data, dtype=">i4", count=ndim, offset=4))
+    if min(shape, default=0) < 0:
+        raise UserError(f"{path!r} is not an IDX file: its header gives the shape {list(shape)}")
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
         raise UserError(f"{path!r} is truncated: {body.size} bytes for shape {list(shape)}")
@@ -56,6 +60,9 @@ def from_idx(idx_dir):
     for split, (image_name, label_name) in IDX_FILES.items():
         images = read_idx(_find_idx(idx_dir, image_name))
         labels = read_idx(_find_idx(idx_dir, label_name))
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise UserError(f"--idx_dir {idx_dir!r}: {image_name} holds an array of shape {list(images.shape)} and "
+                            f"{label_name} one of {list(labels.shape)}; expected [N, H, W] images and N labels")
         splits[split] = (th.from_numpy(images.copy()), th.from_numpy(labels.astype(np.int64)))
     return splits
 

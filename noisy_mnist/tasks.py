@@ -205,7 +205,7 @@ def train_loop(args, model, batches, loss_fn, model_save_dir, resume, on_save, c
     return TrainLoop(model=model, data=batches, loss_fn=loss_fn, batch_size=args.batch_size, lr=args.lr,
                      model_save_dir=model_save_dir, optimizer="adam", max_step=args.max_step,
                      resume_checkpoint=resume, log_interval=args.log_interval, save_interval=args.save_interval,
-                     on_save=on_save, progress=console)
+                     on_save=on_save, progress=console, flag_names="hidden_dims")
 
 
 def fit(args, model_save_dir, data, targets, labels_file, console):

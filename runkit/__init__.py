@@ -21,6 +21,7 @@ The names a stage script uses most are importable from the package itself.
 from .errors import EXIT_USER_ERROR, UserError
 from .flags import (
     AT_LEAST_ONE,
+    AT_LEAST_TWO_SAMPLES,
     FRACTION,
     NON_NEGATIVE,
     POSITIVE,
@@ -55,7 +56,8 @@ from .run import (
 
 __all__ = [
     "EXIT_INTERRUPTED", "EXIT_PREEMPTED", "EXIT_USER_ERROR", "FORWARDED_STOP", "STOP_SIGNALS", "AT_LEAST_ONE",
-    "FRACTION", "NON_NEGATIVE", "POSITIVE", "UNSET_OR_AT_LEAST_ONE", "FlagParser", "Preempted", "Rule", "UserError",
+    "AT_LEAST_TWO_SAMPLES", "FRACTION", "NON_NEGATIVE", "POSITIVE", "UNSET_OR_AT_LEAST_ONE", "FlagParser", "Preempted",
+    "Rule", "UserError",
     "add_dict_to_argparser", "args_to_dict", "check_choice", "check_flags", "check_stop", "closest_path",
     "comma_list", "create_argparser", "explicit_flags", "ignore_stop_signals", "list_flags", "lock_folder",
     "multiple_of", "os_error_line", "require_dir", "require_file", "require_writable_dir", "run_main",

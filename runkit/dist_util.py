@@ -45,6 +45,24 @@ def _launched_world_size(env=os.environ):
     return 1
 
 
+def require_single_process(stage):
+    """
+    Refuse a launch as one of several processes for a stage that runs as one (it never calls
+    setup_dist): each copy would do the whole work and write the same files. A plain call
+    inside an sbatch allocation (SLURM_NTASKS > 1 but no srun step) is a single process.
+    """
+    launched = launcher_of()
+    if launched is None or launched[3] <= 1:
+        return
+    name, world = launched[0], launched[3]
+    if name == "SLURM" and not os.environ.get("SLURM_STEP_NUM_TASKS"):
+        return
+    var = {"torchrun": "WORLD_SIZE", "SLURM": "SLURM_STEP_NUM_TASKS"}.get(name) or next(
+        v for v in _MPI_SIZE_VARS if os.environ.get(v))
+    raise UserError(f"{stage} runs as one process, but {name} started it as one of {world} ({var}={world}): "
+                    f"every copy would do the whole work and write the same files; start it without {name}")
+
+
 def _free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("", 0))

@@ -95,6 +95,27 @@ def cached_json(path, compute):
         return json.load(f)
 
 
+def read_text(path, flag=None, hint=""):
+    """The text of a UTF-8 file given by --flag; a missing or binary file is one line naming both."""
+    where = f" (--{flag})" if flag else ""
+    with open(require_file(path, flag, hint), "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path!r}{where} is not a text file: byte {e.start} is not UTF-8") from None
+
+
+def read_json(path, flag=None, hint=""):
+    """The JSON value in a file given by --flag; a file that is not JSON is one line naming both."""
+    text = read_text(path, flag, hint)
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        where = f" (--{flag})" if flag else ""
+        raise UserError(f"{path!r}{where} is not JSON ({e}){'; ' + hint if hint else ''}") from None
+
+
 def save_png(array, path):
     """Save an HWC (or HW) uint8 array as a PNG file, atomically."""
     image = Image.fromarray(np.ascontiguousarray(array))

@@ -7,6 +7,7 @@ numeric flags are checked by the rules that each script declares beside its defa
 
 import argparse
 import difflib
+import math
 import os
 import re
 import sys
@@ -27,6 +28,7 @@ NON_NEGATIVE = Rule(lambda v: v >= 0, "0 or more")
 POSITIVE = Rule(lambda v: v > 0, "above 0")
 UNSET_OR_AT_LEAST_ONE = Rule(lambda v: v == -1 or v >= 1, "-1 (unset) or at least 1")
 FRACTION = Rule(lambda v: 0 <= v < 1, "in [0, 1)")
+AT_LEAST_TWO_SAMPLES = Rule(lambda v: v >= 2, "at least 2 (one sample has no variance)")
 
 
 def multiple_of(name, divisor_name):
@@ -163,6 +165,17 @@ def str2bool(v):
     raise argparse.ArgumentTypeError(f"boolean value expected, got {v!r}")
 
 
+def finite_float(v):
+    """Parse a float flag; nan and inf are refused (no rule or check could mean them)."""
+    try:
+        value = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number expected, got {v!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"a finite number expected, got {v!r}")
+    return value
+
+
 def add_dict_to_argparser(parser, default_dict):
     """Add one `--key` flag per entry of `default_dict`, typed by its default value."""
     for k, v in default_dict.items():
@@ -171,6 +184,8 @@ def add_dict_to_argparser(parser, default_dict):
             v_type = str
         elif isinstance(v, bool):
             v_type = str2bool
+        elif isinstance(v, float):
+            v_type = finite_float
         parser.add_argument(f"--{k}", default=v, type=v_type)
 
 

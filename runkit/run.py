@@ -55,12 +55,16 @@ def _warning_to_log(message, category, filename, lineno, file=None, line=None):
     logger.warn_once(f"{category.__name__}: {text[0] if text else ''}")
 
 
-def run_main(main):
+def run_main(main=None, *, distributed=False):
     """
     Run `main()`. A UserError or an OSError ends it with one line on stderr and exit status 2;
     a pre-emption with one line and exit status 75 (EXIT_PREEMPTED), or 130 (EXIT_INTERRUPTED)
     when the stop was a SIGINT (Ctrl-C), also one that came before any loop listened.
+    A stage that runs on several processes says so (`@run_main(distributed=True)`); every
+    other stage refuses a launch as one of several (dist_util.require_single_process).
     """
+    if main is None:
+        return functools.partial(run_main, distributed=distributed)
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -70,6 +74,9 @@ def run_main(main):
         handlers = ({s: signal.signal(s, _raise_on_stop_signal) for s in (*STOP_SIGNALS, FORWARDED_STOP)}
                     if in_main_thread else {})
         try:
+            if not distributed and _LAUNCHER_VARS & set(os.environ):
+                from .dist_util import require_single_process  # torch, only where a launcher may be
+                require_single_process(prog)
             return main(*args, **kwargs)
         except UserError as e:
             sys.stderr.write(f"{prog}: error: {e}\n")
@@ -86,6 +93,11 @@ def run_main(main):
                 signal.signal(s, handler)
 
     return wrapper
+
+
+# the variables by which dist_util.launcher_of may find a launcher
+_LAUNCHER_VARS = {"WORLD_SIZE", "RANK", "LOCAL_RANK", "SLURM_PROCID", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE",
+                  "MV2_COMM_WORLD_SIZE", "PMIX_SIZE"}
 
 
 # ---------------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ SIGTERM / SIGUSR1 (cluster pre-emption) and --run_time end the loop with a check
 raise `Preempted` (exit status 75): the run is not finished, and the same command with
 `--resume_checkpoint latest` continues it. One live run per `model_save_dir` (a lock).
 A loss that turns NaN or inf ends the run in one line with the last finite step saved; a
-resumed run takes the --lr and --weight_decay given now over its optimizer state's, and logs
-a change.
+resumed run takes the --lr, --weight_decay and --batch_size given now over what its checkpoint
+ran with, and logs a change.
 """
 
 import contextlib
@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import dist_util, logger
 from .errors import UserError
-from .fileio import load_state_dict, save_torch, torch_load, torch_load_error
+from .fileio import check_state_dict, load_state_dict, save_torch, torch_load, torch_load_error
 from .mixed_precision import INITIAL_LOG_LOSS_SCALE, MixedPrecisionTrainer
 from .paths import lock_folder
 from .run import Preempted, stop_requested, stop_signals
@@ -88,6 +88,8 @@ class TrainLoop:
     :param image_fn: image_fn(step, microbatch, output), called every image_interval steps.
     :param on_save: on_save(step), called after each checkpoint (evaluations).
     :param debug_mode: also log the gradient norm and the peak GPU memory.
+    :param flag_names: the model's shape flags, for the line that names a checkpoint which does not fit
+        (fileio.likely_flag).
     """
 
     def __init__(
@@ -116,6 +118,7 @@ class TrainLoop:
         on_save=None,
         progress=True,
         debug_mode=False,
+        flag_names="model flags",
     ):
         self.model = model
         self.data = data
@@ -153,11 +156,9 @@ class TrainLoop:
         if resume_checkpoint:
             path = os.path.join(model_save_dir, resume_checkpoint)
             logger.log(f"resuming from {path} (step {self.step})")
-            try:
-                self.mp_trainer.load_state_dict(load_state_dict(path, "resume_checkpoint"))
-            except RuntimeError as e:  # keys or shapes of another model
-                raise UserError(f"checkpoint {path!r} (--resume_checkpoint) does not fit the model built from "
-                                f"the flags: {str(e).splitlines()[0][:160]}") from None
+            state_dict = load_state_dict(path, "resume_checkpoint")
+            check_state_dict(self.model, state_dict, path, "resume_checkpoint", flag_names)
+            self.mp_trainer.load_state_dict(state_dict)
         dist_util.sync_params(self.mp_trainer.model_params)
 
         opt_cls = {"adamw": th.optim.AdamW, "adam": th.optim.Adam}[optimizer]
@@ -196,6 +197,12 @@ class TrainLoop:
             raise UserError(f"{path!r} is not an optimizer state; delete it to resume with a fresh optimizer")
         if "lg_loss_scale" in state:
             self.mp_trainer.lg_loss_scale = state.pop("lg_loss_scale")
+        saved_batch = state.pop("global_batch_size", None)
+        batch = self.batch_size * dist_util.get_world_size()
+        if saved_batch is not None and saved_batch != batch:
+            # a batch size is not state: the flags win, but the step count now counts other batches
+            logger.log(f"resuming with --batch_size {self.batch_size} (a global batch of {batch}): the checkpoint's "
+                       f"run took global batches of {saved_batch} up to step {self.step}")
         try:
             self.opt.load_state_dict(state)
         except (ValueError, KeyError, RuntimeError) as e:
@@ -226,6 +233,7 @@ class TrainLoop:
         if dist_util.get_rank() == 0:
             opt_state = self.opt.state_dict()
             opt_state["lg_loss_scale"] = self.mp_trainer.lg_loss_scale
+            opt_state["global_batch_size"] = self.batch_size * dist_util.get_world_size()
             save_torch(opt_state, os.path.join(self.model_save_dir, f"opt{self.step:06d}.pt"))
             save_torch(self.mp_trainer.master_params_to_state_dict(),
                        os.path.join(self.model_save_dir, f"model{self.step:06d}.pt"))

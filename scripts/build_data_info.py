@@ -11,8 +11,8 @@ A list that exists is replaced by a different one only with --overwrite True.
 
 import os
 
-from runkit import AT_LEAST_ONE, NON_NEGATIVE, UserError, create_argparser, logger, require_file, run_main
-from runkit.fileio import save_pickle
+from runkit import AT_LEAST_ONE, NON_NEGATIVE, UserError, create_argparser, logger, run_main
+from runkit.fileio import read_text, save_pickle
 from sr_var.data import IMAGE_EXTENSIONS, load_data_info
 from sr_var.data_info import build_data_info
 
@@ -29,8 +29,8 @@ def main():
     eval_path = os.path.join(args.out_dir, "to_sample_data_info.pkl")
     exclude = []
     if args.exclude_list:
-        with open(require_file(args.exclude_list, "exclude_list")) as f:
-            exclude = [line.strip().replace(".JPEG", "") for line in f if line.strip()]
+        lines = read_text(args.exclude_list, "exclude_list").splitlines()
+        exclude = [line.strip().replace(".JPEG", "") for line in lines if line.strip()]
     eval_info = None
     if os.path.exists(eval_path) and not args.resample:
         eval_info = load_data_info(eval_path, "out_dir")

@@ -6,19 +6,17 @@ files the stages wrote; writes {out_dir}/results.md and {out_dir}/results.json.
 """
 
 import glob
-import json
 import os
 
 import numpy as np
 
 from noisy_mnist.figures import PAPER_NAMES, PAPER_RESULTS, load_paper
-from runkit import NON_NEGATIVE, create_argparser, require_file, run_main
-from runkit.fileio import atomic_write, save_json
+from runkit import NON_NEGATIVE, create_argparser, run_main
+from runkit.fileio import atomic_write, read_json, save_json
 
 
 def load_json(path, flag="out_dir"):
-    with open(require_file(path, flag, "run scripts/mini.sh first")) as f:
-        return json.load(f)
+    return read_json(path, flag, "run scripts/mini.sh first")
 
 
 def paper_accuracy_at(paper, noise_type, ratio):

@@ -16,6 +16,7 @@ import os
 
 from runkit import (
     AT_LEAST_ONE,
+    AT_LEAST_TWO_SAMPLES,
     NON_NEGATIVE,
     UserError,
     comma_list,
@@ -37,7 +38,7 @@ def defaults():
                 tolerance=0.1)
 
 
-RULES = dict(TESTBED_RULES, num_samples=AT_LEAST_ONE, batch_size=AT_LEAST_ONE, eta=NON_NEGATIVE)
+RULES = dict(TESTBED_RULES, num_samples=AT_LEAST_TWO_SAMPLES, batch_size=AT_LEAST_ONE, eta=NON_NEGATIVE)
 
 
 def grid_from(args):

@@ -34,6 +34,7 @@ import numpy as np
 
 from runkit import (
     AT_LEAST_ONE,
+    AT_LEAST_TWO_SAMPLES,
     NON_NEGATIVE,
     POSITIVE,
     UserError,
@@ -64,7 +65,9 @@ def defaults():
                 reference_images=24, reference_samples=100, num_pcs=5, seed=0, parallel=True)
 
 
-RULES = dict(TESTBED_RULES, num_train=NON_NEGATIVE, batch_size=AT_LEAST_ONE, lr=POSITIVE, num_pcs=AT_LEAST_ONE)
+RULES = dict(TESTBED_RULES, num_train=NON_NEGATIVE, small_train=AT_LEAST_ONE, num_eval=AT_LEAST_ONE, steps=AT_LEAST_ONE,
+             eval_every=AT_LEAST_ONE, batch_size=AT_LEAST_ONE, lr=POSITIVE, reference_images=AT_LEAST_ONE,
+             reference_samples=AT_LEAST_TWO_SAMPLES, num_pcs=AT_LEAST_ONE, seed=NON_NEGATIVE)
 
 
 @run_main

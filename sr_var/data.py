@@ -37,7 +37,7 @@ def load_data_info(path, flag="data_info_dict_path"):
     """
     Load a data-info pickle and check it as data, before any work: {synset: {"y": class
     index, "file_names": [str, ...]}} with integer class indices of 0 or more, file names
-    that are non-empty strings, and no file listed twice (under one class or two).
+    that are non-empty strings, no file listed twice (under one class or two), and at least one.
     """
     info = load_pickle(path, flag, what="data-info pickle")
     where = f"{path!r} (--{flag})"
@@ -60,6 +60,8 @@ def load_data_info(path, flag="data_info_dict_path"):
                 raise UserError(f"{where}: {name!r} is listed twice (under {listed_under[name]!r} and {synset!r}); "
                                 f"each image may be listed once")
             listed_under[name] = synset
+    if not listed_under:
+        raise UserError(f"{where} lists no images")
     return info
 
 
@@ -108,6 +110,9 @@ def center_crop_arr(pil_image, image_size):
     return arr[crop_y:crop_y + image_size, crop_x:crop_x + image_size]
 
 
+IMAGE_CHANNELS = 3  # every image is read as RGB
+
+
 def _open_rgb(path):
     """
     The decoded image as an 8-bit RGB PIL image; BadImageError (naming the file) when it
@@ -134,6 +139,23 @@ def _open_rgb(path):
 def read_image(path):
     """An RGB uint8 HWC array."""
     return np.array(_open_rgb(path))
+
+
+def require_image_size(paths, image_size, testbed_path):
+    """
+    A testbed's posterior is exact for images of its prior only: an image of another size
+    would be resized and cropped (center_crop_arr) into one the prior never drew. Reads the
+    headers only.
+    """
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                size = image.size
+        except (OSError, ValueError, SyntaxError) as e:
+            raise BadImageError(f"image {path!r} cannot be read: {e}") from None
+        if size != (image_size, image_size):
+            raise UserError(f"image {path!r} is {size[0]}x{size[1]} px, and the testbed {testbed_path!r} describes "
+                            f"{image_size} px images: its exact posterior holds only for the images of its prior")
 
 
 def load_image(path, image_size):

@@ -175,6 +175,7 @@ class PrincipalComponentsModel(ModelKind):
     name, title, stage = "pc", "PC", "sr_pc_test.py"
     defaults = staticmethod(networks.pc_model_defaults)
     rules = networks.PC_MODEL_RULES
+    checks = networks.PC_MODEL_CHECKS
     create = staticmethod(networks.create_pc_model)
 
     @staticmethod

@@ -13,6 +13,7 @@ from runkit import UserError, args_to_dict, dist_util, logger
 from runkit.fileio import load_model_weights, load_pickle
 from testbed import ExactMeanModel, is_testbed_file, load_testbed
 
+from .data import IMAGE_CHANNELS
 from .kinds import MEAN
 from .networks import MEAN_FLAG_NAMES, mean_model_defaults
 
@@ -77,11 +78,7 @@ def load_mean_model(mean_model_path, mean_model_args_path, device, use_fp16, siz
     (testbed.json) as --mean_model_path gives its exact posterior mean (ExactMeanModel).
     """
     if is_testbed_file(mean_model_path):
-        testbed = load_testbed(mean_model_path, "mean_model_path")
-        p = testbed.params
-        if sizes is not None and (p.large_size, p.small_size) != tuple(sizes):
-            raise UserError(f"the testbed {mean_model_path!r} is {p.small_size}->{p.large_size} px, the model "
-                            f"{sizes[1]}->{sizes[0]} px; set --small_size / --large_size to match")
+        testbed = load_testbed(mean_model_path, "mean_model_path", sizes, channels=IMAGE_CHANNELS)
         return ExactMeanModel(testbed).to(device).eval()
     if not mean_model_args_path:
         raise UserError("--mean_model_args_path is required (the mean run's log_dir/mean_model_args.pkl)")

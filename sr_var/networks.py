@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from guided_diffusion.script_util import attention_downsample_rates, attention_reached, parse_channel_mult
 from guided_diffusion.unet import UNetModel
-from runkit import AT_LEAST_ONE, FRACTION, UNSET_OR_AT_LEAST_ONE, multiple_of
+from runkit import AT_LEAST_ONE, FRACTION, UNSET_OR_AT_LEAST_ONE, UserError, multiple_of
 
 # Flag names by role, for naming the flag behind a checkpoint that does not fit.
 MEAN_FLAG_NAMES = {"width": "model_channels", "classes": "class_cond", "out": "out_channels",
@@ -158,6 +158,17 @@ def pc_model_defaults():
 
 VAR_MODEL_RULES = MEAN_MODEL_RULES
 PC_MODEL_RULES = dict(MEAN_MODEL_RULES, num_pcs=AT_LEAST_ONE)
+
+
+def _pcs_fit_the_image(args):
+    """Gram-Schmidt gives at most as many orthonormal directions as an image has values."""
+    values = args.out_channels * args.large_size ** 2
+    if args.num_pcs > values:
+        raise UserError(f"--num_pcs {args.num_pcs} is more than the {values} values of a {args.large_size} px image "
+                        f"of --out_channels {args.out_channels}: at most {values} orthonormal directions exist")
+
+
+PC_MODEL_CHECKS = (*SIZE_CHECKS, _pcs_fit_the_image)
 
 
 def _plain_unet_kwargs(flags, defaults, out_channels=None):

@@ -39,7 +39,7 @@ from runkit.fileio import load_model_weights, png_is_complete, record_run_flags,
 from runkit.finite import require_finite
 from testbed import ExactTestbedTeacher, TestbedTeacher, is_testbed_file, load_testbed
 
-from .data import flatten_data_info, load_data_info, load_image, resolve_images
+from .data import IMAGE_CHANNELS, flatten_data_info, load_data_info, load_image, require_image_size, resolve_images
 
 
 def sampling_defaults():
@@ -140,7 +140,7 @@ def load_sampler_model(args, model_and_diffusion_args):
         if teacher == "exact" and sampler_name(args) != "ancestral":
             raise UserError(f"--teacher exact draws exact reverse transitions; --sampler {sampler_name(args)} "
                             f"(or --use_ddim) does not apply to it")
-        testbed = load_testbed(args.model_path, sizes=(args.large_size, args.small_size))
+        testbed = load_testbed(args.model_path, sizes=(args.large_size, args.small_size), channels=IMAGE_CHANNELS)
         diffusion = diffusion_from_flags(model_and_diffusion_args)
         logger.log(f"using the testbed teacher {teacher!r} of {args.model_path}")
         if teacher == "exact":
@@ -219,11 +219,14 @@ def plan_sampling(args):
     if args.class_cond:
         bad = [(name, y) for name, y in images if not 0 <= y < NUM_CLASSES]
         if bad:
-            raise UserError(f"image {bad[0][0]!r} has class index {bad[0][1]} in --to_sample_images_dict_path "
+            has = f"class index {bad[0][1]}" if bad[0][1] >= 0 else "no class index (its entry has no 'y')"
+            raise UserError(f"image {bad[0][0]!r} has {has} in --to_sample_images_dict_path "
                             f"{args.to_sample_images_dict_path!r}; a class-conditional model (--class_cond True) "
                             f"takes 0..{NUM_CLASSES - 1}")
     paths = dict(zip((n for n, _ in images),
                      resolve_images(args.data_dir, [n for n, _ in images], args.to_sample_images_dict_path)))
+    if is_testbed_file(args.model_path):
+        require_image_size(paths.values(), args.large_size, args.model_path)
     todo = []
     for file_name, y in dist_util.shard(images):
         missing = missing_samples(args.output_dir, file_name, args.num_samples_per_image)

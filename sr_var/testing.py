@@ -32,7 +32,7 @@ from runkit import (
 from runkit.fileio import load_model_weights
 from runkit.finite import require_finite
 
-from .data import flatten_data_info, iterate_images, load_data_info, resolve_images
+from .data import flatten_data_info, iterate_images, load_data_info, read_image, resolve_images
 from .models import load_mean_model, model_args_for_run, use_fp16_here
 from .networks import MEAN_FLAG_NAMES
 from .visualize import tile
@@ -99,6 +99,12 @@ def test(args, explicit, kind):
         mean_model = load_mean_model(args.mean_model_path, args.mean_model_args_path, device, use_fp16,
                                      sizes=(model_args["large_size"], model_args["small_size"]))
 
+    step = checkpoint_step(args.model_path)
+    mine = [i for i in dist_util.shard(list(range(len(names))))
+            if not all(os.path.exists(p) for p in kind.output_paths(args.output_dir, names[i], step).values())]
+    for i in mine:  # a damaged image is found before the log or any output is written
+        read_image(paths[i])
+
     for flag in ("log_dir", "output_dir"):
         require_writable_dir(getattr(args, flag), flag)
     if dist_util.get_rank() == 0:
@@ -106,9 +112,6 @@ def test(args, explicit, kind):
     logger.configure(args.log_dir, rank=dist_util.get_rank())
     if not os.path.exists(pickle_path):
         logger.log(f"{pickle_path} not found; the model was built from the command-line flags")
-    step = checkpoint_step(args.model_path)
-    mine = [i for i in dist_util.shard(list(range(len(names))))
-            if not all(os.path.exists(p) for p in kind.output_paths(args.output_dir, names[i], step).values())]
     logger.log(f"{kind.name} model step {step}: {len(mine)} of {len(names)} images to do on this rank "
                f"(the rest are sharded to other ranks or done)")
 

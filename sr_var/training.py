@@ -29,6 +29,7 @@ from .data import (
     training_batches,
 )
 from .models import load_mean_model, model_args_for_run
+from .networks import MEAN_FLAG_NAMES
 
 
 def training_defaults():
@@ -136,5 +137,6 @@ def train(args, explicit, kind):
         image_interval=args.image_interval,
         image_fn=image_fn,
         debug_mode=args.debug_mode,
+        flag_names=MEAN_FLAG_NAMES,
     ).run_loop()
     logger.log("training complete")

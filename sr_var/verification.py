@@ -15,13 +15,29 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from imaging import metrics
-from runkit import AT_LEAST_ONE, NON_NEGATIVE, Rule, UserError, logger, require_dir, require_writable_dir
+from runkit import (
+    AT_LEAST_ONE,
+    AT_LEAST_TWO_SAMPLES,
+    NON_NEGATIVE,
+    UserError,
+    logger,
+    require_dir,
+    require_writable_dir,
+)
 from runkit.fileio import atomic_write, save_json, save_pickle, save_png
 from testbed import load_testbed
 from testbed.scoring import exact_posterior, group_by_scale, name_seed  # noqa: F401 (exact_posterior: its old home)
 
 from . import principal_components as pcs
-from .data import flatten_data_info, load_data_info, load_image, read_image, resolve_images
+from .data import (
+    IMAGE_CHANNELS,
+    flatten_data_info,
+    load_data_info,
+    load_image,
+    read_image,
+    require_image_size,
+    resolve_images,
+)
 from .kinds import MEAN, VAR
 
 TILE_TITLES = ("ground truth", "DDPM-SR mean", "mean model", "|truth - mean model|", "DDPM-SR std",
@@ -51,7 +67,6 @@ def verification_defaults():
 
 
 # One sample has a variance of 0 everywhere: no comparison of variances can be made from it.
-AT_LEAST_TWO_SAMPLES = Rule(lambda v: v >= 2, "at least 2 (one sample has no variance)")
 VERIFICATION_RULES = dict(large_size=AT_LEAST_ONE, small_size=AT_LEAST_ONE, num_samples=AT_LEAST_TWO_SAMPLES,
                           mean_model_step=NON_NEGATIVE, var_model_step=NON_NEGATIVE, num_grid_images=NON_NEGATIVE,
                           max_tensorboard_images=NON_NEGATIVE)
@@ -254,7 +269,7 @@ def find_testbed(args):
         path = candidate if os.path.exists(candidate) else ""
     if not path:
         return None
-    testbed = load_testbed(path, "testbed_path", sizes=(args.large_size, args.small_size))
+    testbed = load_testbed(path, "testbed_path", sizes=(args.large_size, args.small_size), channels=IMAGE_CHANNELS)
     testbed.path = path
     return testbed
 
@@ -278,6 +293,8 @@ def verify(args):
     require_dir(args.ddpm_sr_output_dir, "ddpm_sr_output_dir")
     require_dir(args.sr_model_output_dir, "sr_model_output_dir")
     testbed = find_testbed(args)
+    if testbed:
+        require_image_size(paths, args.large_size, testbed.path)
     for name in names:  # every input is there (readable, of its size, finite) before anything is written
         check_samples(args.ddpm_sr_output_dir, name, args.num_samples)
         model_outputs(args.sr_model_output_dir, name, args.mean_model_step, args.var_model_step, args.large_size)

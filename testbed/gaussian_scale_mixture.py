@@ -324,10 +324,11 @@ class GaussianScaleMixture:
         return cls(TestbedParams(**d))
 
 
-def load_testbed(path, flag="model_path", sizes=None):
+def load_testbed(path, flag="model_path", sizes=None, channels=None):
     """
     Read a testbed description (testbed.json) written by `write_testbed_dataset`; with
-    `sizes` (large, small), one of other sizes is refused in one line, before any work.
+    `sizes` (large, small) or `channels`, one of other sizes or channels is refused in one
+    line, before any work.
     """
     try:
         with open(path) as f:
@@ -338,6 +339,9 @@ def load_testbed(path, flag="model_path", sizes=None):
         raise UserError(f"the testbed {path!r} (--{flag}) is {testbed.params.small_size}->"
                         f"{testbed.params.large_size} px, the flags {sizes[1]}->{sizes[0]} px; set --small_size and "
                         f"--large_size to match")
+    if channels is not None and testbed.params.channels != channels:
+        raise UserError(f"the testbed {path!r} (--{flag}) has {testbed.params.channels} channel(s), the images "
+                        f"{channels}: a testbed describes the images it is used with")
     return testbed
 
 

@@ -127,6 +127,8 @@ def test_a_resumed_run_applies_and_logs_a_changed_lr(tmp_path):
     ({"a": {"y": 0, "file_names": [7]}}, "'a' lists 7, which is not a file name"),
     ({"a": {"y": 0, "file_names": ["x"]}, "b": {"y": 1, "file_names": ["x"]}}, "'x' is listed twice"),
     ([("a", 0)], "is not a data-info pickle"),
+    ({}, "lists no images"),
+    ({"a": {"y": 0, "file_names": []}}, "lists no images"),
 ])
 def test_data_info_pickles_are_checked_as_data(tmp_path, info, needle):
     path = tmp_path / "info.pkl"
@@ -214,3 +216,87 @@ main()
     assert time.time() - start < 10
     with pytest.raises(UserError, match=r"-c failed \(3\): boom"):
         run_children([[sys.executable, "-c", "import sys; sys.stderr.write('boom\\n'); sys.exit(3)"]])
+
+
+def test_a_resumed_run_logs_a_changed_batch_size_and_refuses_a_foreign_checkpoint(tmp_path):
+    logger.configure(str(tmp_path / "log"), format_strs=("log",))
+    _linear_loop(tmp_path, None, max_step=4, save_interval=4).run_loop()
+    _linear_loop(tmp_path, None, max_step=6, batch_size=32, resume_checkpoint="latest")
+    assert ("resuming with --batch_size 32 (a global batch of 32): the checkpoint's run took global batches of 64 "
+            "up to step 4") in (tmp_path / "log" / "log.txt").read_text()
+    mnist = {"conv1.weight": th.zeros(6, 1, 5, 5), "fc3.weight": th.zeros(10, 84)}
+    os.makedirs(tmp_path / "foreign")
+    th.save(mnist, tmp_path / "foreign" / "model000004.pt")
+    with pytest.raises(UserError, match=r"model000004.pt' \(--resume_checkpoint\) does not fit the model flags: "
+                                        r"2 missing keys"):
+        _linear_loop(tmp_path, None, model_save_dir=str(tmp_path / "foreign"), resume_checkpoint="latest")
+
+
+def test_float_flags_refuse_nan_and_inf(capsys):
+    parser = create_argparser(dict(length_scale=2.0, steps=3))
+    assert parser.parse_args(["--length_scale", "1e-3"]).length_scale == 1e-3
+    for value, needle in (("inf", "a finite number expected, got 'inf'"), ("nan", "a finite number expected"),
+                          ("two", "a number expected, got 'two'")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--length_scale", value])
+        assert f"--length_scale: {needle}" in capsys.readouterr().err
+
+
+def test_a_single_process_stage_refuses_a_launch_as_one_of_several(tmp_path):
+    code = "from runkit import run_main\n@run_main{}\ndef main():\n    print('ran')\nmain()\n"
+    launched = dict(os.environ, PYTHONPATH=ROOT, RANK="1", LOCAL_RANK="1", WORLD_SIZE="2", MASTER_ADDR="localhost",
+                    MASTER_PORT="29555")
+    single = subprocess.run([sys.executable, "-c", code.format("")], env=launched, capture_output=True, text=True)
+    assert single.returncode == 2 and single.stdout == ""
+    assert "runs as one process, but torchrun started it as one of 2 (WORLD_SIZE=2)" in single.stderr
+    many = subprocess.run([sys.executable, "-c", code.format("(distributed=True)")], env=launched,
+                          capture_output=True, text=True)
+    assert many.returncode == 0 and many.stdout == "ran\n", many.stderr
+    # a plain call inside an sbatch allocation of several tasks is one process
+    sbatch = dict(os.environ, PYTHONPATH=ROOT, SLURM_PROCID="0", SLURM_NTASKS="4", SLURM_JOB_NODELIST="n1")
+    plain = subprocess.run([sys.executable, "-c", code.format("")], env=sbatch, capture_output=True, text=True)
+    assert plain.returncode == 0 and plain.stdout == "ran\n", plain.stderr
+
+
+def test_text_and_json_files_given_by_a_flag_are_one_line_when_bad(tmp_path):
+    from runkit.fileio import read_json, read_text
+
+    (tmp_path / "bin").write_bytes(b"\x80\x81abc")
+    with pytest.raises(UserError, match=r"bin' \(--exclude_list\) is not a text file: byte 0 is not UTF-8"):
+        read_text(str(tmp_path / "bin"), "exclude_list")
+    (tmp_path / "r.json").write_text("{")
+    with pytest.raises(UserError, match=r"r.json' \(--out_dir\) is not JSON \(.*\); run it first"):
+        read_json(str(tmp_path / "r.json"), "out_dir", "run it first")
+    (tmp_path / "r.json").write_text('{"a": [1]}')
+    assert read_json(str(tmp_path / "r.json"), "out_dir") == {"a": [1]}
+
+
+def test_truncated_idx_files_and_a_pc_count_above_the_image_are_refused(tmp_path):
+    from noisy_mnist.prepare import read_idx
+    from sr_var.networks import PC_MODEL_CHECKS
+
+    (tmp_path / "cut").write_bytes(b"\x00\x00\x08\x03\x00\x00")
+    with pytest.raises(UserError, match="is truncated: its header names 3 dimensions"):
+        read_idx(str(tmp_path / "cut"))
+    (tmp_path / "ok").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x03abc")
+    assert read_idx(str(tmp_path / "ok")).tolist() == [97, 98, 99]
+    args = SimpleNamespace(large_size=16, small_size=4, attention_resolutions="8", channel_mult="1,2",
+                           out_channels=3, num_pcs=768)
+    for check in PC_MODEL_CHECKS:
+        check(args)
+    args.num_pcs = 769
+    with pytest.raises(UserError, match="--num_pcs 769 is more than the 768 values of a 16 px image"):
+        for check in PC_MODEL_CHECKS:
+            check(args)
+
+
+def test_a_testbed_of_other_channels_or_sizes_than_the_images_is_refused(tmp_path):
+    from testbed import GaussianScaleMixture, TestbedParams, load_testbed
+
+    path = tmp_path / "testbed.json"
+    path.write_text(GaussianScaleMixture(TestbedParams(large_size=16, small_size=4, channels=1)).to_json())
+    assert load_testbed(str(path), sizes=(16, 4)).params.channels == 1
+    with pytest.raises(UserError, match=r"testbed.json' \(--testbed_path\) has 1 channel\(s\), the images 3"):
+        load_testbed(str(path), "testbed_path", sizes=(16, 4), channels=3)
+    with pytest.raises(UserError, match=r"is 4->16 px, the flags 8->32 px"):
+        load_testbed(str(path), "testbed_path", sizes=(32, 8), channels=1)
