@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test suite (CPU only, under 10 minutes on 2 cores). Extra arguments go to pytest.
+# The test suite (CPU only; README.md says how long it took). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup_env.sh

@@ -98,5 +98,5 @@ def test_bad_pc_inputs_are_one_line_errors(tmp_path):
         pcs.load_pcs(str(tmp_path / "small.npz"), 16)
     testbed = tmp_path / "testbed.json"
     testbed.write_text(GaussianScaleMixture(TestbedParams(large_size=16, small_size=4)).to_json())
-    with pytest.raises(UserError, match="4->16 px, the model 8->32 px"):
+    with pytest.raises(UserError, match="4->16 px, the flags 8->32 px"):
         load_mean_model(str(testbed), "", th.device("cpu"), False, sizes=(32, 8))

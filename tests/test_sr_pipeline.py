@@ -221,7 +221,7 @@ def test_a_batch_larger_than_the_data_is_refused_not_a_hang(sr_run):
                       "--batch_size 16 is more than the 15 training images")
     pickle.dump({"n00000000": {"y": 0, "file_names": []}}, open(sr_run / "empty.pkl", "wb"))
     assert_user_error(run_script(_train(sr_run, data_info_dict_path="empty.pkl"), cwd=sr_run, check=False,
-                                 timeout=120), "no image is listed")
+                                 timeout=120), "lists no images")
     os.remove(sr_run / "empty.pkl")
     assert snapshot(sr_run) == before
 
