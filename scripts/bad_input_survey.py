@@ -16,7 +16,7 @@ and written to {out_dir}/survey.json and survey.md. Three lists: the survey's fi
 fresh set (`fresh_cases`: non-finite values, data-info values, resumed flags, empty lists,
 stops by SIGINT and SIGTERM, launcher variables, foreign checkpoints, ...), and a held-out
 set (`held_out_cases`) written after the fixes for the fresh set, to check the mechanisms on
-inputs no fix was made for. About 45 minutes on 2 cores; `--only fresh` (or survey,
+inputs no fix was made for. About 25 minutes on 2 cores; `--only fresh` (or survey,
 held_out) and `--match TEXT` run a part.
 
     python scripts/bad_input_survey.py --out_dir outputs/bad_input_survey
