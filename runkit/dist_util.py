@@ -49,9 +49,13 @@ def require_single_process(stage):
     """
     Refuse a launch as one of several processes for a stage that runs as one (it never calls
     setup_dist): each copy would do the whole work and write the same files. A plain call
-    inside an sbatch allocation (SLURM_NTASKS > 1 but no srun step) is a single process.
+    inside an sbatch allocation (SLURM_NTASKS > 1 but no srun step) is a single process, and
+    so is one whose launcher variables are incomplete or malformed (it never reads them).
     """
-    launched = launcher_of()
+    try:
+        launched = launcher_of()
+    except UserError:
+        return
     if launched is None or launched[3] <= 1:
         return
     name, world = launched[0], launched[3]
