@@ -216,9 +216,7 @@ def check_batch_size(num_images, batch_size, data_info_path):
     Before any work: every process must get at least one full batch per epoch, or the
     endless batch iterator would never yield (a run that hangs instead of failing).
     """
-    world = dist_util.get_world_size()
-    if num_images == 0:
-        raise UserError(f"no image is listed in --data_info_dict_path {data_info_path!r}")
+    world = dist_util.get_world_size()  # an empty list never gets here: load_data_info refuses it
     if batch_size > num_images // world:
         per_rank = f" for each of the {world} processes" if world > 1 else ""
         raise UserError(f"--batch_size {batch_size} is more than the {num_images // world} training images"

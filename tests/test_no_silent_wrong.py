@@ -252,6 +252,11 @@ def test_a_single_process_stage_refuses_a_launch_as_one_of_several(tmp_path):
     many = subprocess.run([sys.executable, "-c", code.format("(distributed=True)")], env=launched,
                           capture_output=True, text=True)
     assert many.returncode == 0 and many.stdout == "ran\n", many.stderr
+    # run_main's cheap screen (no torch import) knows every variable that launcher_of reads
+    from runkit import dist_util, run
+
+    assert {*dist_util._TORCHRUN_VARS, *dist_util._MPI_SIZE_VARS, "SLURM_PROCID"} - {"MASTER_ADDR", "MASTER_PORT"} \
+        <= run._LAUNCHER_VARS
     # a plain call inside an sbatch allocation of several tasks is one process
     sbatch = dict(os.environ, PYTHONPATH=ROOT, SLURM_PROCID="0", SLURM_NTASKS="4", SLURM_JOB_NODELIST="n1")
     plain = subprocess.run([sys.executable, "-c", code.format("")], env=sbatch, capture_output=True, text=True)
