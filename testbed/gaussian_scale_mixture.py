@@ -118,6 +118,27 @@ class GaussianScaleMixture:
         x = np.einsum("ca,hi,naij,wj->nchw", self.R_sqrt, self.K1_sqrt, z, self.K1_sqrt, optimize=True)
         return x * self.scales[k][:, None, None, None], k
 
+    def prior_component_posterior(self, x, pixel_noise=0.0):
+        """
+        p(k | x) for high-res images [..., C, H, W] drawn from the prior: the class
+        posterior of the mixture (the exact target of a classifier of k). With `pixel_noise`
+        (a variance in [-1, 1]^2 units, e.g. uint8 rounding's (1/127.5)^2 / 12), x is taken
+        as a prior draw plus independent noise of that variance: x ~ N(0, s_k^2 S + v I).
+        Without it, a kernel of length >= ~1.5 px makes S so ill-conditioned that rounding
+        alone decides p(k | x).
+        """
+        n = x.shape[-3] * x.shape[-2] * x.shape[-1]
+        lam_k, U_k = np.linalg.eigh(self.K1)
+        lam = np.einsum("c,h,w->chw", self.lam_r, lam_k, lam_k)  # eigenvalues of S = R (x) K (x) K
+        coords = np.einsum("ca,hi,...chw,wj->...aij", self.U_r, U_k, x, U_k, optimize=True)  # U^T x
+        var = self.scales[:, None, None, None] ** 2 * lam[None] + pixel_noise  # [K, C, H, W]
+        flat = coords.reshape(*coords.shape[:-3], 1, n) ** 2
+        log_w = self.log_weights - 0.5 * np.log(var).reshape(len(self.scales), n).sum(-1) \
+            - 0.5 * (flat / var.reshape(len(self.scales), n)).sum(-1)
+        log_w -= log_w.max(axis=-1, keepdims=True)
+        w = np.exp(log_w)
+        return w / w.sum(axis=-1, keepdims=True)
+
     def log_evidence_terms(self, y):
         """y^T (D S D^T)^-1 y for low-res images [..., C, h, w]."""
         whitened = np.einsum("ca,ih,...ahw,jw->...cij", self.R_inv, self.G_inv, y, self.G_inv, optimize=True)

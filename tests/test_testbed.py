@@ -306,3 +306,20 @@ def test_theorem_2_2_on_the_exact_testbed(testbed_run):
     assert model_err < 0.85 * bilinear_err
     assert corr > 0.8
     assert rel_err < 0.9
+
+
+def test_prior_component_posterior_matches_dense_gaussians():
+    """p(k | x) of a prior draw (the classification testbed's target) against dense Gaussian likelihoods."""
+    tb = GaussianScaleMixture(TestbedParams(large_size=4, small_size=2, channels=2, length_scale=0.8,
+                                            scales=(0.5, 0.6, 0.7), weights=(0.2, 0.3, 0.5)))
+    x, _ = tb.sample_prior(3, np.random.default_rng(0))
+    S = np.kron(tb.R, np.kron(tb.K1, tb.K1))
+    v = 1e-3
+    got = tb.prior_component_posterior(x, v)
+    for xi, row in zip(x.reshape(3, -1), got):
+        cov = [s ** 2 * S + v * np.eye(len(xi)) for s in tb.scales]
+        logp = [np.log(w) - 0.5 * np.linalg.slogdet(c)[1] - 0.5 * xi @ np.linalg.solve(c, xi)
+                for c, w in zip(cov, tb.params.weights)]
+        expected = np.exp(logp - np.max(logp))
+        assert np.allclose(row, expected / expected.sum(), atol=1e-12)
+    assert np.allclose(got[1], tb.prior_component_posterior(x[1], v))  # one image or a batch
