@@ -64,47 +64,76 @@ def sr_section(sr):
             return f"{value:{fmt}}"
         return f"{value:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
 
-    def mean_cells(*path):
-        return f"{cell(path + ('mse',), '.3f')} | {cell(path + ('psnr',), '.2f')}"
+    def mean_cells(*path, relative=True):
+        rel = f" | {cell(path + ('rel_mse',), '.4f')}" if relative else " | –"
+        return f"{cell(path + ('mse',), '.3f')}{rel} | {cell(path + ('psnr',), '.2f')}"
 
-    def var_cells(*path):
-        return f"{cell(path + ('var_error',), '.3f')} | {cell(path + ('std_error',), '.3f')}"
+    def var_cells(*path, relative=True):
+        rel = f" | {cell(path + ('rel_std_error',), '.4f')}" if relative else " | –"
+        return f"{cell(path + ('var_error',), '.3f')} | {cell(path + ('std_error',), '.3f')}{rel}"
 
     exact = sr.get("exact")
-    lines = ["| mean estimate | reference | MSE | PSNR |", "|---|---|---|---|",
-             f"| mean model | DDPM-SR mean (the paper's comparison) | {mean_cells('mean')} |"]
+    lines = ["| mean estimate | reference | MSE | MSE / mean exact variance | PSNR |", "|---|---|---|---|---|",
+             f"| mean model | DDPM-SR mean (the paper's comparison) | {mean_cells('mean', relative=False)} |"]
     if exact:
-        lines += [f"| mean model | exact posterior mean | {mean_cells('exact', 'mean_model')} |",
-                  f"| bilinear low-res | exact posterior mean | {mean_cells('exact', 'bilinear')} |",
+        lines += [f"| mean model | exact posterior mean | {mean_cells('exact', 'mean_model')} |"]
+        if "baseline_mean" in exact:
+            lines.append(f"| least-squares linear map of y (baseline) | exact posterior mean | "
+                         f"{mean_cells('exact', 'baseline_mean')} |")
+        lines += [f"| bilinear low-res | exact posterior mean | {mean_cells('exact', 'bilinear')} |",
                   f"| DDPM-SR mean ({n} samples) | exact posterior mean | {mean_cells('exact', 'ddpm_mean')} |",
                   f"| **{n} exact posterior samples (Monte Carlo floor)** | exact posterior mean | "
                   f"{mean_cells('mc_floor', 'mean')} |"]
     if "split_half" in sr:
-        lines.append(f"| DDPM-SR split-half floor (scaled to {n} samples) | – | {mean_cells('split_half', 'mean')} |")
-    lines += [f"| mean model | true high-res image | {mean_cells('mean_model_vs_truth')} |",
-              f"| DDPM-SR mean | true high-res image | {mean_cells('ddpm_mean_vs_truth')} |",
-              "", "| variance estimate | reference | var error | std error |", "|---|---|---|---|",
-              f"| variance model | DDPM-SR variance (the paper's comparison) | {var_cells('var')} |"]
+        lines.append(f"| DDPM-SR split-half floor (scaled to {n} samples) | – | "
+                     f"{mean_cells('split_half', 'mean', relative=False)} |")
+    lines += [f"| mean model | true high-res image | {mean_cells('mean_model_vs_truth', relative=False)} |",
+              f"| DDPM-SR mean | true high-res image | {mean_cells('ddpm_mean_vs_truth', relative=False)} |",
+              "", "| variance estimate | reference | var error | std error | relative std error |",
+              "|---|---|---|---|---|",
+              f"| variance model | DDPM-SR variance (the paper's comparison) | {var_cells('var', relative=False)} |"]
     if exact:
-        lines += [f"| variance model | exact posterior variance | {var_cells('exact', 'var_model')} |",
-                  f"| variance model | its target Var + (m - E)^2 (m: the mean model) | "
+        lines += [f"| variance model | exact posterior variance | {var_cells('exact', 'var_model')} |"]
+        for key, name in (("baseline_var_constant", "y-independent variance map (baseline)"),
+                          ("baseline_var_quadratic", "least-squares fit in y^2 of the linear map's squared residuals "
+                                                     "(baseline)")):
+            if key in exact:
+                lines.append(f"| {name} | exact posterior variance | {var_cells('exact', key)} |")
+        lines += [f"| variance model | its target Var + (m - E)^2 (m: the mean model) | "
                   f"{var_cells('exact', 'var_model_vs_target')} |",
-                  f"| DDPM-SR variance ({n} samples) | exact posterior variance | {var_cells('exact', 'ddpm_var')} |",
-                  f"| **{n} exact posterior samples (Monte Carlo floor)** | exact posterior variance | "
+                  f"| DDPM-SR variance ({n} samples, ddof 1) | exact posterior variance | "
+                  f"{var_cells('exact', 'ddpm_var')} |",
+                  f"| **{n} exact posterior samples (Monte Carlo floor, ddof 1)** | exact posterior variance | "
                   f"{var_cells('mc_floor', 'var')} |"]
     if "split_half" in sr:
-        lines.append(f"| DDPM-SR split-half floor (scaled to {n} samples) | – | {var_cells('split_half', 'var')} |")
-    if exact and "var_ratio_by_scale" in exact:
-        groups = exact["var_ratio_by_scale"]
-        lines += ["", "| variance / exact posterior variance | all images | "
-                  + " | ".join(f"{g} ({r['num_images']} images)" for g, r in groups.items()) + " |",
+        lines.append(f"| DDPM-SR split-half floor (scaled to {n} samples) | – | "
+                     f"{var_cells('split_half', 'var', relative=False)} |")
+    groups = sr.get("by_component")
+    if exact and groups:
+        lines += ["", "Per mixture component (the images' own), with 95% intervals: the variance ratio (sum of the "
+                  "estimate over sum of the exact variance) and the relative errors.", "",
+                  "| estimate | all images | " + " | ".join(f"{g} ({r['num_images']} images)"
+                                                         for g, r in groups.items()) + " |",
                   "|---|---|" + "---|" * len(groups)]
-        for key, name in (("ddpm", f"DDPM-SR, {n} samples"), ("mc_floor", f"{n} exact posterior samples"),
-                          ("var_model", "variance model"),
-                          ("var_model_to_target", "variance model / its target Var + (m - E)^2")):
-            by_scale = " | ".join(f"{r[key]:.3f} [{r['ci95'][key][0]:.3f}, {r['ci95'][key][1]:.3f}]"
-                                  for r in groups.values())
-            lines.append(f"| {name} | {cell(('exact', 'var_ratio', key), '.3f')} | {by_scale} |")
+
+        def row(name, path, fmt=".3f"):
+            by = " | ".join(f"{get(r, path):{fmt}} [{get(r['ci95'], path)[0]:{fmt}}, {get(r['ci95'], path)[1]:{fmt}}]"
+                            for r in groups.values())
+            lines.append(f"| {name} | {cell(path, fmt)} | {by} |")
+
+        for key, name in (("ddpm", f"variance ratio: DDPM-SR, {n} samples"),
+                          ("mc_floor", f"variance ratio: {n} exact posterior samples"),
+                          ("var_model", "variance ratio: variance model"),
+                          ("var_model_to_target", "variance ratio: variance model / its target Var + (m - E)^2")):
+            row(name, ("exact", "var_ratio", key))
+        row("relative mean MSE: mean model", ("exact", "mean_model", "rel_mse"), ".4f")
+        if "baseline_mean" in exact:
+            row("relative mean MSE: least-squares baseline", ("exact", "baseline_mean", "rel_mse"), ".4f")
+        row(f"relative mean MSE: {n} exact samples (floor)", ("mc_floor", "mean", "rel_mse"), ".4f")
+        row("relative std error: variance model", ("exact", "var_model", "rel_std_error"), ".4f")
+        if "baseline_var_quadratic" in exact:
+            row("relative std error: quadratic baseline", ("exact", "baseline_var_quadratic", "rel_std_error"), ".4f")
+        row(f"relative std error: {n} exact samples (floor)", ("mc_floor", "var", "rel_std_error"), ".4f")
     cal = sr["calibration"]
     lines += ["", "| share of pixels with \\|truth - mean\\| <= k std | k = 1 | k = 2 | k = 3 |", "|---|---|---|---|"]
     named = [("mean and variance models", cal["models"]), ("DDPM-SR samples", cal["ddpm"])]
@@ -114,7 +143,9 @@ def sr_section(sr):
     lines += [f"| {name} | {c['1']:.3f} | {c['2']:.3f} | {c['3']:.3f} |" for name, c in named]
     lines += ["", "Brackets: 95% bootstrap intervals over the images. The Monte Carlo floor is the error that "
               f"{n} exact posterior samples carry by themselves; the split-half floor estimates it from the "
-              "DDPM-SR samples alone (first half against second half, scaled to the full count)."]
+              "DDPM-SR samples alone (first half against second half, scaled to the full count). Against the exact "
+              "posterior, sample variances are unbiased (ddof 1); the paper's comparison and files keep np.var's "
+              "ddof 0. The baselines are fitted in closed form on the training images (sr_var/baselines.py)."]
     return lines
 
 

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from imaging import metrics
+from imaging import VAR_SCALE, area_downsample, metrics, to_255, to_float
 from runkit import (
     AT_LEAST_ONE,
     AT_LEAST_TWO_SAMPLES,
@@ -22,12 +22,15 @@ from runkit import (
     UserError,
     logger,
     require_dir,
+    require_file,
     require_writable_dir,
 )
 from runkit.fileio import atomic_write, save_json, save_pickle, save_png
 from testbed import load_testbed
-from testbed.scoring import exact_posterior, group_by_scale, name_seed  # noqa: F401 (exact_posterior: its old home)
+from testbed.files import testbed_beside
+from testbed.scoring import exact_posterior, group_by_component, name_seed  # noqa: F401 (exact_posterior: its old home)
 
+from . import baselines
 from . import principal_components as pcs
 from .data import (
     IMAGE_CHANNELS,
@@ -63,13 +66,17 @@ def verification_defaults():
         # the PC model's outputs (sr_pc_test.py): "auto" = the step found in the output folder, if any;
         # "none" = skip them
         pc_model_step="auto",
+        # on a testbed, the closed-form baselines (sr_var.baselines) are fitted on these training
+        # images: "" = the train_data_info.pkl beside --data_info_dict_path, if there; "none" = skip them
+        train_data_info_dict_path="",
+        baseline_max_images=10000,
     )
 
 
 # One sample has a variance of 0 everywhere: no comparison of variances can be made from it.
 VERIFICATION_RULES = dict(large_size=AT_LEAST_ONE, small_size=AT_LEAST_ONE, num_samples=AT_LEAST_TWO_SAMPLES,
                           mean_model_step=NON_NEGATIVE, var_model_step=NON_NEGATIVE, num_grid_images=NON_NEGATIVE,
-                          max_tensorboard_images=NON_NEGATIVE)
+                          max_tensorboard_images=NON_NEGATIVE, baseline_max_images=AT_LEAST_ONE)
 
 
 def check_samples(ddpm_dir, file_name, num_samples):
@@ -180,12 +187,14 @@ def pc_tiles(mean, directions, variances, count=3):
     return np.concatenate([np.clip(np.round(t), 0, 255).astype(np.uint8) for t in tiles + shown], axis=1)
 
 
-def image_metrics(truth, ddpm_mean, ddpm_var, model_mean, model_var, exact=None, samples=None):
+def image_metrics(truth, ddpm_mean, ddpm_var, model_mean, model_var, exact=None, samples=None, baselines=None):
     """
     All metrics of one image (arrays HWC, float64, [0, 255] and [0, 255]^2 units). With the
     DDPM-SR samples [N, H, W, C]: their split-half floor. With the exact posterior (`exact`,
-    from exact_posterior): every estimate against it, the Monte Carlo floor of N exact
-    samples, the variance model against its own target, and the variance ratios.
+    from exact_posterior): every estimate against it (absolute and relative errors), the
+    Monte Carlo floor of N exact samples, the variance model against its own target, the
+    variance ratios, and the closed-form baselines' estimates ({"mean", "var_constant",
+    "var_quadratic"}) beside them.
     """
     result = {
         "mean": metrics.mean_metrics(ddpm_mean, model_mean),
@@ -201,23 +210,30 @@ def image_metrics(truth, ddpm_mean, ddpm_var, model_mean, model_var, exact=None,
         result["split_half"] = metrics.split_half(samples)
     if exact is not None:
         # What the variance model learns is E[(x - m)^2 | y] = Var[x | y] + (m - E[x | y])^2,
-        # with m its mean model (here its stored, rounded output).
+        # with m its mean model (here its stored, rounded output). Against exact truth the N
+        # samples' variance is taken unbiased (ddof 1); the paper's file and comparison keep ddof 0.
         target = exact["var"] + (model_mean - exact["mean"]) ** 2
+        n = len(samples)
+        ddpm_var_unbiased = ddpm_var * n / (n - 1)
+        mean_vs = lambda m: metrics.exact_mean_metrics(exact["mean"], exact["var"], m)  # noqa: E731
+        var_vs = lambda v: metrics.exact_var_metrics(exact["var"], v)  # noqa: E731
         result["exact"] = {
-            "ddpm_mean": metrics.mean_metrics(exact["mean"], ddpm_mean),
-            "mean_model": metrics.mean_metrics(exact["mean"], model_mean),
-            "bilinear": metrics.mean_metrics(exact["mean"], exact["bilinear"]),
-            "ddpm_var": metrics.var_metrics(exact["var"], ddpm_var),
-            "var_model": metrics.var_metrics(exact["var"], model_var),
-            "var_model_vs_target": metrics.var_metrics(target, model_var),
+            "ddpm_mean": mean_vs(ddpm_mean),
+            "mean_model": mean_vs(model_mean),
+            "bilinear": mean_vs(exact["bilinear"]),
+            "ddpm_var": var_vs(ddpm_var_unbiased),
+            "var_model": var_vs(model_var),
+            "var_model_vs_target": metrics.exact_var_metrics(target, model_var),
             "calibration": metrics.coverage(truth, exact["mean"], exact["var"]),
-            "var_ratio": {"ddpm": metrics.variance_ratio(exact["var"], ddpm_var),
-                          "mc_floor": metrics.variance_ratio(exact["var"], exact["mc_var"]),
-                          "var_model": metrics.variance_ratio(exact["var"], model_var),
-                          "var_model_to_target": metrics.variance_ratio(target, model_var)},
         }
-        result["mc_floor"] = {"mean": metrics.mean_metrics(exact["mean"], exact["mc_mean"]),
-                              "var": metrics.var_metrics(exact["var"], exact["mc_var"])}
+        if baselines is not None:
+            result["exact"].update({f"baseline_{name}": (mean_vs if name == "mean" else var_vs)(value)
+                                    for name, value in baselines.items()})
+        result["mc_floor"] = {"mean": mean_vs(exact["mc_mean"]), "var": var_vs(exact["mc_var"])}
+        result["exact"]["var_ratio"] = {"ddpm": result["exact"]["ddpm_var"]["var_ratio"],
+                                        "mc_floor": result["mc_floor"]["var"]["var_ratio"],
+                                        "var_model": result["exact"]["var_model"]["var_ratio"],
+                                        "var_model_to_target": result["exact"]["var_model_vs_target"]["var_ratio"]}
     return result
 
 
@@ -263,10 +279,7 @@ def save_grid(rows, names, path):
 
 
 def find_testbed(args):
-    path = args.testbed_path
-    if not path:
-        candidate = os.path.join(os.path.dirname(os.path.normpath(args.data_dir)), "testbed.json")
-        path = candidate if os.path.exists(candidate) else ""
+    path = args.testbed_path or testbed_beside(args.data_dir)
     if not path:
         return None
     testbed = load_testbed(path, "testbed_path", sizes=(args.large_size, args.small_size), channels=IMAGE_CHANNELS)
@@ -274,14 +287,27 @@ def find_testbed(args):
     return testbed
 
 
-def scale_groups(testbed, images, per_image):
+def component_groups(testbed, images, per_image):
     """
-    The variance ratios per mixture scale: testbed images are grouped by their class, which
-    is the component k they were drawn from (scale s_k); each group with its interval.
+    Every exact-posterior metric per mixture component: testbed images are grouped by their
+    class, which is the component k they were drawn from; each group with its interval.
     """
-    groups = group_by_scale([r["exact"]["var_ratio"] for r in per_image], [y for _, y in images], testbed.scales)
-    return {key: {"num_images": len(ratios), **metrics.average(ratios), "ci95": metrics.bootstrap_interval(ratios)}
-            for key, ratios in sorted(groups.items())}
+    rows = [{"exact": r["exact"], "mc_floor": r["mc_floor"]} for r in per_image]
+    groups = group_by_component(rows, [y for _, y in images], testbed.component_labels)
+    return {key: {"num_images": len(group), **metrics.average(group), "ci95": metrics.bootstrap_interval(group)}
+            for key, group in groups.items()}
+
+
+def baseline_training_info(args):
+    """The training images' data-info pickle the baselines are fitted on (None: no baselines)."""
+    path = args.train_data_info_dict_path
+    if path == "none":
+        return None
+    if not path:
+        candidate = os.path.join(os.path.dirname(args.data_info_dict_path), "train_data_info.pkl")
+        return candidate if os.path.exists(candidate) else None
+    require_file(path, "train_data_info_dict_path")
+    return path
 
 
 def verify(args):
@@ -305,10 +331,18 @@ def verify(args):
         if args.num_samples <= num_pcs:
             raise UserError(f"the PC model gives {num_pcs} components and --num_samples {args.num_samples} samples "
                             f"have at most {args.num_samples - 1}: compare with more samples or --pc_model_step none")
+    train_info = baseline_training_info(args) if testbed else None
+    if train_info:
+        load_data_info(train_info, "train_data_info_dict_path")  # checked before anything is written
     require_writable_dir(args.log_dir, "log_dir")
     logger.configure(args.log_dir)
     if testbed:
         logger.log(f"images come from the exact testbed {testbed.path}: comparing with the exact posterior too")
+    fitted = None
+    if train_info:
+        fitted = baselines.fit_on_image_folder(args.data_dir, train_info, args.large_size, args.small_size,
+                                               args.baseline_max_images)
+        logger.log(f"closed-form baselines fitted on {fitted.num_train} training images of {train_info}")
 
     per_image, grid_rows = [], []
     # the grid shows images spread over the list (data infos are ordered by class)
@@ -319,10 +353,15 @@ def verify(args):
         ddpm_mean, ddpm_var, samples = ddpm_ground_truth(args.ddpm_sr_output_dir, name, args.num_samples)
         model_mean, model_var = model_outputs(args.sr_model_output_dir, name, args.mean_model_step,
                                               args.var_model_step, args.large_size)
-        exact = None
+        exact, baseline = None, None
         if testbed:
             exact = exact_posterior(testbed, truth_chw, args.small_size, args.num_samples, name_seed(name))
-        per_image.append(image_metrics(truth, ddpm_mean, ddpm_var, model_mean, model_var, exact, samples))
+        if fitted is not None:
+            y = area_downsample(to_float(truth_chw[None]), args.small_size).double().numpy()
+            baseline = {key: np.moveaxis(value[0], 0, -1) * (VAR_SCALE if key.startswith("var") else 1)
+                        for key, value in baselines.estimates(fitted, y).items()}
+            baseline["mean"] = to_255(baseline["mean"])
+        per_image.append(image_metrics(truth, ddpm_mean, ddpm_var, model_mean, model_var, exact, samples, baseline))
         if pc_step is not None:
             directions, variances = pcs.load_pcs(pcs.pcs_path(args.sr_model_output_dir, name, pc_step),
                                                  args.large_size)
@@ -341,7 +380,7 @@ def verify(args):
     results = metrics.average(per_image)
     results["ci95"] = metrics.bootstrap_interval(per_image)
     if testbed:
-        results["exact"]["var_ratio_by_scale"] = scale_groups(testbed, images, per_image)
+        results["by_component"] = component_groups(testbed, images, per_image)
     results.update(num_images=len(names), num_samples=args.num_samples, mean_model_step=args.mean_model_step,
                    var_model_step=args.var_model_step, pc_model_step=pc_step,
                    gaussian_coverage=metrics.GAUSSIAN_COVERAGE,
@@ -372,15 +411,23 @@ def log_summary(results):
                    f"var error {s['var']['var_error']:.3f}, std error {s['var']['std_error']:.3f}")
     if "exact" in results:
         e, f = results["exact"], results["mc_floor"]
-        logger.log(f"vs the exact posterior mean, mse: DDPM-SR {e['ddpm_mean']['mse']:.3f}, "
-                   f"mean model {e['mean_model']['mse']:.3f}, bilinear {e['bilinear']['mse']:.3f}, "
-                   f"{n} exact samples (the Monte Carlo floor) {f['mean']['mse']:.3f}")
-        logger.log(f"vs the exact posterior variance, var error: DDPM-SR {e['ddpm_var']['var_error']:.3f}, "
-                   f"variance model {e['var_model']['var_error']:.3f} (vs its target Var + (m - E)^2: "
-                   f"{e['var_model_vs_target']['var_error']:.3f}), {n} exact samples {f['var']['var_error']:.3f}")
-        for group, r in e["var_ratio_by_scale"].items():
-            logger.log(f"variance ratio to exact at {group} ({r['num_images']} images): DDPM-SR {r['ddpm']:.3f}, "
-                       f"{n} exact samples {r['mc_floor']:.3f}, variance model {r['var_model']:.3f}")
+        base = (f", least-squares linear baseline {e['baseline_mean']['mse']:.3f}" if "baseline_mean" in e else "")
+        logger.log(f"vs the exact posterior mean, mse (relative to the mean posterior variance): DDPM-SR "
+                   f"{e['ddpm_mean']['mse']:.3f} ({e['ddpm_mean']['rel_mse']:.4f}), mean model {e['mean_model']['mse']:.3f} "
+                   f"({e['mean_model']['rel_mse']:.4f}), bilinear {e['bilinear']['mse']:.3f}{base}, {n} exact samples "
+                   f"(the Monte Carlo floor) {f['mean']['mse']:.3f} ({f['mean']['rel_mse']:.4f})")
+        base = (f", baselines: y-independent {e['baseline_var_constant']['var_error']:.3f}, quadratic in y "
+                f"{e['baseline_var_quadratic']['var_error']:.3f}" if "baseline_var_constant" in e else "")
+        logger.log(f"vs the exact posterior variance, var error (relative std error): DDPM-SR "
+                   f"{e['ddpm_var']['var_error']:.3f} ({e['ddpm_var']['rel_std_error']:.4f}), variance model "
+                   f"{e['var_model']['var_error']:.3f} ({e['var_model']['rel_std_error']:.4f}; vs its target Var + "
+                   f"(m - E)^2: {e['var_model_vs_target']['var_error']:.3f}){base}, {n} exact samples "
+                   f"{f['var']['var_error']:.3f} ({f['var']['rel_std_error']:.4f}); sample variances with ddof 1")
+        for group, r in results.get("by_component", {}).items():
+            logger.log(f"{group} ({r['num_images']} images): variance ratio to exact: DDPM-SR "
+                       f"{r['exact']['var_ratio']['ddpm']:.3f}, {n} exact samples {r['exact']['var_ratio']['mc_floor']:.3f}, "
+                       f"variance model {r['exact']['var_ratio']['var_model']:.3f}; relative mean MSE: mean model "
+                       f"{r['exact']['mean_model']['rel_mse']:.4f}, floor {r['mc_floor']['mean']['rel_mse']:.4f}")
     if "pcs" in results:
         p = results["pcs"]
         logger.log(f"PC model (step {results['pc_model_step']}) vs the PCA of the {n} samples: overlap "

@@ -1,106 +1,185 @@
 """
-The sampler study's report: the recommendation (the fewest NFE within the tolerance of the
-seed's sampler or of the floor), results.csv / results.md and error_vs_nfe.png, from the
-runner's results (studies.sampler_run).
+The sampler study's report, from the runner's results (studies.sampler_run): which
+configurations are within the floor criterion (testbed.scoring.within_floor), the criterion's
+power on samples of a known variance bias, the robustness run, results.csv / results.md and
+error_vs_nfe.png.
 """
 
 import csv
 import io
 import os
 
+from imaging import metrics
 from runkit.fileio import atomic_write
+from testbed.scoring import within_floor
 
-from .sampler_run import METRIC_KEYS
+from .sampler_run import KNOWN_BIASES, ROBUSTNESS, configuration_key
 
 # One H200, the seed's upsampler in fp16 + torch.compile at batch 10 (benchmarks/gpu_checks.sh, 2026-11-26).
 H200_SAMPLE_STEPS_PER_S = 208.0
 PAPER_SAMPLES = 2000 * 100
+METRIC_KEYS = ("rel_mse", "mse", "var_ratio", "rel_std_error", "rel_var_error", "var_error", "std_error")
 
 
-def recommend(results, tolerance):
-    """Per sampler the fewest NFE within `tolerance` of max(ancestral at 250, floor) on mean MSE and var error."""
-    reference = results.get("ancestral_250")
-    floor = results["mc_floor"]
-    if reference is None:
-        return None
-    limits = {k: (1 + tolerance) * max(reference[k], floor[k]) for k in ("mean_mse", "var_error")}
+def configurations(results):
+    """The sampled configurations (not the floor or the biased references), in the study's order."""
+    return {key: r for key, r in results.items() if "sampler" in r}
+
+
+def verdicts(results, band):
+    """within_floor for every configuration and for the known biases, against the study's floor."""
+    floor = results["mc_floor"]["summary"]
+    out = {key: within_floor(r["summary"], floor, band) for key, r in configurations(results).items()}
+    for factor in KNOWN_BIASES:
+        key = f"biased_x{factor:g}"
+        if key in results:
+            out[key] = within_floor(results[key]["summary"], floor, band)
+    out["mc_floor"] = within_floor(floor, floor, band)
+    return out
+
+
+def recommend(results, verdict):
+    """The fewest NFE within the floor criterion, per sampler and overall (the exact teacher is not a sampler)."""
     best = {}
-    for key, r in results.items():
-        if key == "mc_floor" or r["sampler"] == "exact":
+    for key, r in configurations(results).items():
+        if r["sampler"] == "exact" or r["perturbation"] or not verdict[key]["within"]:
             continue
-        if all(r[k] <= limit for k, limit in limits.items()):
-            if r["sampler"] not in best or r["nfe"] < best[r["sampler"]]["nfe"]:
-                best[r["sampler"]] = dict(nfe=r["nfe"], mean_mse=r["mean_mse"], var_error=r["var_error"],
-                                          hours_on_one_h200=PAPER_SAMPLES * r["nfe"] / H200_SAMPLE_STEPS_PER_S / 3600)
-    overall = min(best.values(), key=lambda b: b["nfe"]) if best else None
-    return dict(limits=limits, per_sampler=best,
-                fewest=None if overall is None else dict(sampler=next(s for s, b in best.items() if b is overall),
-                                                         **overall))
+        if r["sampler"] not in best or r["nfe"] < best[r["sampler"]]["nfe"]:
+            best[r["sampler"]] = dict(nfe=r["nfe"], hours_on_one_h200=PAPER_SAMPLES * r["nfe"] / H200_SAMPLE_STEPS_PER_S
+                                      / 3600)
+    if not best:
+        return dict(per_sampler={}, fewest=None)
+    sampler = min(best, key=lambda s: best[s]["nfe"])
+    return dict(per_sampler=best, fewest=dict(sampler=sampler, **best[sampler]))
 
 
-def write_tables(results, out_dir, n):
-    rows = [dict(sampler=r["sampler"], nfe=r["nfe"], **{k: r[k] for k in METRIC_KEYS},
-                 seconds_per_sample=r["seconds_per_sample"]) for key, r in results.items() if key != "mc_floor"]
+def write_tables(results, out_dir, n, band):
+    """results.csv (every configuration's pooled numbers) and the markdown lines of results.md."""
     floor = results["mc_floor"]
-    rows.append(dict(sampler=f"{n} exact posterior samples (floor)", nfe="", **{k: floor[k] for k in METRIC_KEYS},
-                     seconds_per_sample=""))
+    verdict = verdicts(results, band)
+    rows = [dict(key=key, sampler=r["sampler"], nfe=r["nfe"], perturbation=r["perturbation"],
+                 within_floor=verdict[key]["within"], **{k: r["summary"][k] for k in METRIC_KEYS},
+                 seconds_per_sample=r["seconds_per_sample"]) for key, r in configurations(results).items()]
+    rows.append(dict(key="mc_floor", sampler=f"{n} exact posterior samples (floor)", nfe="", perturbation="",
+                     within_floor=True, **{k: floor["summary"][k] for k in METRIC_KEYS}, seconds_per_sample=""))
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(os.path.join(out_dir, "results.csv"), lambda f: f.write(table.getvalue().encode()))
-    scales = list(floor["var_ratio_by_scale"])
-    lines = ["| sampler | NFE | mean MSE | var error | std error | variance ratio | "
-             + " | ".join(f"ratio {s}" for s in scales) + " | coverage k=1/2/3 | ms per sample |",
-             "|---|---|---|---|---|---|" + "---|" * len(scales) + "---|---|"]
 
-    def cells(r):
-        ci = r["ci95"]
-        return (f"{r['mean_mse']:.3f} [{ci['mean_mse'][0]:.3f}, {ci['mean_mse'][1]:.3f}] | "
-                f"{r['var_error']:.2f} [{ci['var_error'][0]:.2f}, {ci['var_error'][1]:.2f}] | {r['std_error']:.3f} | "
-                f"{r['var_ratio']:.3f} [{ci['var_ratio'][0]:.3f}, {ci['var_ratio'][1]:.3f}] | "
-                + " | ".join(f"{r['var_ratio_by_scale'][s]['var_ratio']:.3f}" for s in scales)
-                + f" | {r['coverage_1']:.3f} / {r['coverage_2']:.3f} / {r['coverage_3']:.3f}")
+    labels = list(floor["summary"]["by_component"])
+    lines = [f"Against the exact posterior, {floor['summary']['num_images']} images x {n} samples (uint8, moments "
+             f"with ddof 1). Relative mean MSE: the MSE of the samples' mean to E[x|y] over the mean posterior "
+             f"variance (1/N = {1 / n:.3f} for exact samples, plus rounding). Variance ratio: sum of the sample "
+             f"variance over sum of Var[x|y], pooled [95% CI] and per component. Relative std error: mean "
+             f"|s - s*| / s*. Within the floor: every component's ratio interval inside [{1 - band:.2f}, "
+             f"{1 + band:.2f}] and the relative mean MSE and std error at most the floor's upper 95% bound.", "",
+             "| sampler | NFE | rel. mean MSE [95% CI] | variance ratio [95% CI] | "
+             + " | ".join(f"ratio {label}" for label in labels)
+             + " | rel. std error [95% CI] | paired rel. std error - floor [95% CI] | within the floor | ms per sample |",
+             "|---|---|---|---|" + "---|" * len(labels) + "---|---|---|---|"]
 
-    for key, r in results.items():
-        if key != "mc_floor":
-            lines.append(f"| {r['sampler']} | {r['nfe']} | {cells(r)} | {r['seconds_per_sample'] * 1e3:.1f} |")
-    lines.append(f"| **{n} exact posterior samples (floor)** | – | {cells(floor)} | – |")
+    def cells(summary):
+        ci = summary["ci95"]
+        return (f"{summary['rel_mse']:.4f} [{ci['rel_mse'][0]:.4f}, {ci['rel_mse'][1]:.4f}] | "
+                f"{summary['var_ratio']:.3f} [{ci['var_ratio'][0]:.3f}, {ci['var_ratio'][1]:.3f}] | "
+                + " | ".join(_ratio_cell(summary["by_component"][label]) for label in labels)
+                + f" | {summary['rel_std_error']:.4f} [{ci['rel_std_error'][0]:.4f}, {ci['rel_std_error'][1]:.4f}]")
+
+    def paired_cell(r):
+        p = metrics.paired_difference([d["rel_std_error"] for d in r["per_image"]],
+                                      [d["rel_std_error"] for d in floor["per_image"]])
+        return f"{p['difference']:+.4f} [{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}]"
+
+    for key, r in configurations(results).items():
+        if r["perturbation"]:
+            continue
+        mark = "**yes**" if verdict[key]["within"] else "no"
+        lines.append(f"| {r['sampler']} | {r['nfe']} | {cells(r['summary'])} | {paired_cell(r)} | {mark} | "
+                     f"{r['seconds_per_sample'] * 1e3:.1f} |")
+    lines.append(f"| **{n} exact posterior samples (floor)** | – | {cells(floor['summary'])} | 0 | – | – |")
+
+    # the criterion's power: samples of a known variance bias
+    lines += ["", f"The criterion's power: {n} exact posterior samples per image whose spread is scaled to a known "
+                  f"variance bias, judged by the same rule:", "",
+              "| samples | variance ratio [95% CI] | " + " | ".join(f"ratio {label}" for label in labels)
+              + " | rel. mean MSE | rel. std error | judged within the floor |",
+              "|---|---|" + "---|" * len(labels) + "---|---|---|"]
+    for factor in KNOWN_BIASES:
+        key = f"biased_x{factor:g}"
+        if key in results:
+            s = results[key]["summary"]
+            ci = s["ci95"]["var_ratio"]
+            lines.append(f"| exact, variance x{factor:g} | {s['var_ratio']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | "
+                         + " | ".join(_ratio_cell(s["by_component"][label]) for label in labels)
+                         + f" | {s['rel_mse']:.4f} | {s['rel_std_error']:.4f} | "
+                         f"{'yes (missed)' if verdict[key]['within'] else 'no (caught)'} |")
+    fc = floor["summary"]["by_component"]
+    lines += ["", "The band's justification, the floor's own per-component variance ratio intervals: "
+              + "; ".join(f"{label} {fc[label]['ci95']['var_ratio'][0]:.3f}-{fc[label]['ci95']['var_ratio'][1]:.3f} "
+                          f"({fc[label]['num_images']} images)" for label in labels) + "."]
+    lines += _robustness_table(results)
     return lines
 
 
-def draw_figure(results, path, n):
-    """Error vs NFE (log x): one colour per sampler; solid: steps even in t, dashed: even in log-SNR."""
+def _ratio_cell(component):
+    low, high = component["ci95"]["var_ratio"]
+    return f"{component['var_ratio']:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _robustness_table(results):
+    deltas = sorted({r["perturbation"] for r in configurations(results).values()} - {0.0})
+    if not deltas:
+        return []
+    deltas = [deltas[0], 0.0, *deltas[1:]] if deltas[0] < 0 else [0.0, *deltas]
+    head = " | ".join(f"delta {d:+g}" for d in deltas)
+    lines = ["", "Robustness: the ideal teacher's denoiser perturbed as a network's error would be, x0 = E[x|y] + "
+                 "(1 - delta (1 - alphabar)) (E[x0|x_t,y] - E[x|y]); variance ratio (and relative mean MSE) per "
+                 "delta:", "", f"| sampler | NFE | {head} |", "|---|---|" + "---|" * len(deltas)]
+    for sampler, nfe in ROBUSTNESS:
+        cells = []
+        for d in deltas:
+            r = results.get(configuration_key(sampler, nfe, d))
+            cells.append("–" if r is None else f"{r['summary']['var_ratio']:.3f} ({r['summary']['rel_mse']:.4f})")
+        lines.append(f"| {sampler} | {nfe} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def draw_figure(results, path, n, band):
+    """Relative mean MSE, relative std error and variance ratio against NFE (log x); dashed: steps even in log-SNR."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = (("mean_mse", "mean MSE vs E[x|y]"), ("var_error", "var error vs Var[x|y]"),
+    panels = (("rel_mse", "relative mean MSE vs E[x|y]"), ("rel_std_error", "relative std error vs Var[x|y]"),
               ("var_ratio", "variance / exact variance"))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
     by_sampler = {}
-    for key, r in results.items():
-        if key != "mc_floor":
+    for r in configurations(results).values():
+        if not r["perturbation"]:
             by_sampler.setdefault(r["sampler"], []).append(r)
     names = list(dict.fromkeys(s.partition("@")[0] for s in by_sampler))
     colors = {name: f"C{i}" for i, name in enumerate(names)}
+    floor = results["mc_floor"]["summary"]
     for ax, (metric, title) in zip(axes, panels):
         for sampler, rs in by_sampler.items():
             name, _, spacing = sampler.partition("@")
             rs = sorted(rs, key=lambda r: r["nfe"])
-            ax.plot([r["nfe"] for r in rs], [r[metric] for r in rs], "o--" if spacing else "o-",
+            ax.plot([r["nfe"] for r in rs], [r["summary"][metric] for r in rs], "o--" if spacing else "o-",
                     color=colors[name], mfc="none" if spacing else None, label=sampler)
-        ax.axhline(results["mc_floor"][metric], color="black", linestyle=":", label=f"{n} exact samples (floor)")
+        ax.axhline(floor[metric], color="black", linestyle=":", label=f"{n} exact samples (floor)")
         if metric == "var_ratio":
-            ax.axhline(1.0, color="gray", linewidth=0.5)
+            ax.axhspan(1 - band, 1 + band, color="gray", alpha=0.2, label="the criterion's band")
         else:
+            ax.axhspan(floor["ci95"][metric][0], floor["ci95"][metric][1], color="black", alpha=0.1)
             ax.set_yscale("log")
         ax.set_xscale("log")
         ax.set_xlabel("network evaluations per sample (NFE)")
         ax.set_title(title)
         ax.grid(alpha=0.3, which="both")
-    handles, labels = axes[0].get_legend_handles_labels()
+    handles, labels = axes[2].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=8)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=80))

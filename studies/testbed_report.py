@@ -11,7 +11,7 @@ import numpy as np
 from sr_var.kinds import KINDS, MEAN, PC
 from testbed import ExactMeanModel
 
-from .testbed_run import ImageSubset, model_outputs
+from .testbed_run import model_outputs
 
 
 def direction_figure(out_dir, images, steps, path, count=3):
@@ -25,8 +25,7 @@ def direction_figure(out_dir, images, steps, path, count=3):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    one = ImageSubset(images, [0])
-    one.low_res_up = images.low_res_up[:1]
+    one = images.subset([0])
     _, mean_model = model_outputs(os.path.join(out_dir, "logs", "mean"),
                              os.path.join(out_dir, "checkpoints", "mean", f"model{steps:06d}.pt"), MEAN, one)
     exact, _ = images.covariance(0).top(count)
@@ -114,7 +113,7 @@ def write_report(results, out_dir):
         return f"[{lo[0]:.3f}, {hi[1]:.3f}]"
 
     def ratio(r):
-        by = " / ".join(f"{v:.2f}" for v in r.get("var_ratio_by_scale", {}).values())
+        by = " / ".join(f"{v['var_ratio']:.2f}" for v in r.get("by_component", {}).values())
         return f"{r['var_ratio']:.3f} ({by})" if by else f"{r['var_ratio']:.3f}"
 
     cfg = results["config"]
@@ -175,7 +174,7 @@ def _pc_table(results, last):
 
     def cells(r, ci=True):
         band = lambda key: f" [{r['ci95'][key][0]:.3f}, {r['ci95'][key][1]:.3f}]" if ci else ""  # noqa: E731
-        by = " / ".join(f"{v:.3f}" for v in r.get("captured_by_scale", {}).values())
+        by = " / ".join(f"{v['captured']:.3f}" for v in r.get("by_component", {}).values())
         return f"{r['overlap']:.3f}{band('overlap')} | {r['captured']:.3f}{band('captured')} ({by})"
 
     def per_k(d):

@@ -22,7 +22,15 @@ from sr_var.kinds import KINDS, MEAN, PC, VAR
 from sr_var.networks import MEAN_FLAG_NAMES
 from sr_var.verification import ddpm_ground_truth
 from testbed import ExactMeanModel, load_testbed, quantize
-from testbed.scoring import ExactScorer, mean_scores, pc_scores, sample_pcs_chw, summarize, var_scores
+from testbed.scoring import (
+    ExactScorer,
+    mean_scores,
+    pc_scores,
+    sample_moments,
+    sample_pcs_chw,
+    summarize,
+    var_scores,
+)
 
 
 def study_images(data_dir, large_size, small_size):
@@ -49,15 +57,15 @@ def pc_reference_lines(out_dir, images, num_samples, num_pcs, seed, count):
 
 
 def _pc_reference_lines(out_dir, images, num_samples, num_pcs, seed, count):
-    tb, ks, scales = images.testbed, images.ks, images.testbed.scales
+    tb, ks, labels = images.testbed, images.ks, images.labels
     rng = np.random.default_rng(seed + 1)
     mc = np.stack([sample_pcs_chw(quantize(tb.sample_posterior(yi, num_samples, rng)).astype(np.float64), num_pcs)
                    for yi in images.y])
-    refs = {"mc_floor": {**summarize(pc_scores(images, None, mc, None), ks, scales), "num_samples": num_samples}}
+    refs = {"mc_floor": {**summarize(pc_scores(images, None, mc, None), ks, labels), "num_samples": num_samples}}
     idx = reference_indices(images, count)
     ddpm = np.stack([sample_pcs_chw(np.moveaxis(ddpm_ground_truth(os.path.join(out_dir, "ideal_ddpm"), images.names[i],
                                                                num_samples)[2], -1, -3), num_pcs) for i in idx])
-    refs["ideal_ddpm"] = {**summarize(pc_scores(images, None, ddpm, None, idx), [ks[i] for i in idx], scales),
+    refs["ideal_ddpm"] = {**summarize(pc_scores(images, None, ddpm, None, idx), [ks[i] for i in idx], labels),
                           "num_images": int(len(idx)), "num_samples": num_samples}
     return refs
 
@@ -69,18 +77,18 @@ def reference_lines(out_dir, data_dir, images, reference_images, num_samples, se
 
 
 def _reference_lines(out_dir, data_dir, images, reference_images, num_samples, seed):
-    tb, ks, scales = images.testbed, images.ks, images.testbed.scales
+    tb, ks, labels = images.testbed, images.ks, images.labels
     bilinear = to_255(images.low_res_up.double().numpy())
     refs = {"bilinear": summarize(mean_scores(images, bilinear))}
     # the calibration a perfect model would show: fresh samples within k exact std of the exact mean
     refs["exact"] = summarize(var_scores(images, images.exact_mean, images.exact_var))
     # N exact posterior samples, stored as uint8 like the teacher's
     rng = np.random.default_rng(seed + 1)
-    mc = [quantize(tb.sample_posterior(yi, num_samples, rng)).astype(np.float64) for yi in images.y]
-    mc_mean = np.stack([np.clip(s.mean(0), 0, 255) for s in mc])
-    mc_var = np.stack([s.var(0) for s in mc])
+    moments = [sample_moments(quantize(tb.sample_posterior(yi, num_samples, rng)).astype(np.float64))
+               for yi in images.y]
+    mc_mean, mc_var = (np.stack(m) for m in zip(*moments))
     refs["mc_floor"] = {"mean": summarize(mean_scores(images, mc_mean)),
-                        "var": summarize(var_scores(images, mc_mean, mc_var), ks, scales), "num_samples": num_samples}
+                        "var": summarize(var_scores(images, mc_mean, mc_var), ks, labels), "num_samples": num_samples}
     refs["ideal_ddpm"] = _ideal_ddpm_reference(out_dir, data_dir, images, reference_images, num_samples, seed)
     return refs
 
@@ -107,23 +115,15 @@ def _ideal_ddpm_reference(out_dir, data_dir, images, count, num_samples, seed):
     stage(args, ROOT)
     seconds_per_image = (time.time() - start) / count
     means, variances = [], []
-    for i in idx:  # the verification's own moments of the samples, HWC -> CHW like the exact moments here
-        mean, var, _ = ddpm_ground_truth(os.path.join(out_dir, "ideal_ddpm"), images.names[i], num_samples)
-        means.append(np.moveaxis(mean, -1, 0))
-        variances.append(np.moveaxis(var, -1, 0))
-    sub = ImageSubset(images, idx)
+    for i in idx:  # the verification's own samples, HWC -> CHW like the exact moments here
+        _, _, samples = ddpm_ground_truth(os.path.join(out_dir, "ideal_ddpm"), images.names[i], num_samples)
+        mean, var = sample_moments(np.moveaxis(samples, -1, 1))
+        means.append(mean)
+        variances.append(var)
+    sub = images.subset(idx)
     return {"mean": summarize(mean_scores(sub, np.stack(means))),
-            "var": summarize(var_scores(sub, np.stack(means), np.stack(variances)), list(sub.ks),
-                            images.testbed.scales),
+            "var": summarize(var_scores(sub, np.stack(means), np.stack(variances)), sub.ks, sub.labels),
             "num_images": int(len(idx)), "num_samples": num_samples, "seconds_per_image": seconds_per_image}
-
-
-class ImageSubset:
-    """The study images `idx` of an ExactScorer, as far as the scoring functions need them."""
-
-    def __init__(self, images, idx):
-        self.exact_mean, self.exact_var = images.exact_mean[idx], images.exact_var[idx]
-        self.fresh, self.ks = images.fresh[idx], [images.ks[i] for i in idx]
 
 
 def model_outputs(run_dir_logs, checkpoint, kind, images, mean_model=None, model=None):
@@ -143,8 +143,8 @@ def model_outputs(run_dir_logs, checkpoint, kind, images, mean_model=None, model
 # kind name -> the summary of a kind's outputs against the exact posterior
 SCORERS = {
     "mean": lambda images, mean, out: summarize(mean_scores(images, out)),
-    "var": lambda images, mean, out: summarize(var_scores(images, mean, out), images.ks, images.testbed.scales),
-    "pc": lambda images, mean, out: summarize(pc_scores(images, mean, *out), images.ks, images.testbed.scales),
+    "var": lambda images, mean, out: summarize(var_scores(images, mean, out), images.ks, images.labels),
+    "pc": lambda images, mean, out: summarize(pc_scores(images, mean, *out), images.ks, images.labels),
 }
 
 

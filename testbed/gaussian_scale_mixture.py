@@ -17,15 +17,15 @@ C0 = R (x) C0s makes the exact denoiser of a diffusion sampler cheap (`denoise`)
 """
 
 import json
-import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch as th
 
-from imaging import to_255
-from runkit import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UserError, multiple_of
-from runkit.fileio import atomic_write, save_pickle, save_png
+from runkit import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, multiple_of
+
+from .mixture import ExactTestbed
+from .oracles import ExactCovariance
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def _sym_sqrt(eigvals, eigvecs):
     return (eigvecs * np.sqrt(np.clip(eigvals, 0, None))) @ eigvecs.T
 
 
-class GaussianScaleMixture:
+class GaussianScaleMixture(ExactTestbed):
     """The testbed's prior, posterior and exact denoiser (float64 numpy / torch)."""
 
     kind = "gaussian_scale_mixture"
@@ -104,16 +104,22 @@ class GaussianScaleMixture:
         self.scales = np.asarray(p.scales, dtype=np.float64)
         self._torch_cache = {}
 
+    @property
+    def num_components(self):
+        return len(self.scales)
+
+    @property
+    def component_labels(self):
+        return [f"s={s:g}" for s in self.scales]
+
+    flip_symmetric = True  # S = R (x) K (x) K: a flipped draw is a draw of the same prior
+
     # -- numpy: prior, posterior -----------------------------------------------------------------
 
-    def downsample(self, x):
-        """y = D x for images [..., C, H, W]."""
-        return np.einsum("ih,...chw,jw->...cij", self.A, x, self.A, optimize=True)
-
-    def sample_prior(self, n, rng):
-        """n images [n, C, H, W] and their mixture components."""
+    def sample_prior(self, n, rng, components=None):
+        """n images [n, C, H, W] and their mixture components (drawn, or the given `components` [n])."""
         p = self.params
-        k = rng.choice(len(p.scales), size=n, p=np.asarray(p.weights))
+        k = rng.choice(len(p.scales), size=n, p=np.asarray(p.weights)) if components is None else np.asarray(components)
         z = rng.standard_normal((n, p.channels, p.large_size, p.large_size))
         x = np.einsum("ca,hi,naij,wj->nchw", self.R_sqrt, self.K1_sqrt, z, self.K1_sqrt, optimize=True)
         return x * self.scales[k][:, None, None, None], k
@@ -161,6 +167,17 @@ class GaussianScaleMixture:
         """Var[x_i | y] = E[s^2 | y] C0_ii, images [..., C, H, W]."""
         e_s2 = self.component_posterior(y) @ self.scales ** 2
         return e_s2[..., None, None, None] * self.c0_diag
+
+    def pixel_marginals(self, y):
+        """Each pixel's posterior as a mixture over k: (weights [..., K], means and stds [..., K, C, H, W])."""
+        w = self.component_posterior(y)
+        mean = self.posterior_mean(y)[..., None, :, :, :]
+        stds = self.scales[:, None, None, None] * np.sqrt(self.c0_diag)[None]
+        return w, np.broadcast_to(mean, mean.shape[:-4] + stds.shape), np.broadcast_to(stds, mean.shape[:-4] + stds.shape)
+
+    def covariance(self, y):
+        """Cov[x | y] of one low-res image y [C, h, w] on the verification's layout (oracles.ExactCovariance)."""
+        return ExactCovariance(self, y)
 
     def sample_posterior(self, y, n, rng):
         """n exact posterior samples [n, C, H, W] for one low-res image y [C, h, w]."""
@@ -343,57 +360,3 @@ class GaussianScaleMixture:
             raise ValueError("not a Gaussian scale mixture testbed")
         d["scales"], d["weights"] = tuple(d["scales"]), tuple(d["weights"])
         return cls(TestbedParams(**d))
-
-
-def load_testbed(path, flag="model_path", sizes=None, channels=None):
-    """
-    Read a testbed description (testbed.json) written by `write_testbed_dataset`; with
-    `sizes` (large, small) or `channels`, one of other sizes or channels is refused in one
-    line, before any work.
-    """
-    try:
-        with open(path) as f:
-            testbed = GaussianScaleMixture.from_json(f.read())
-    except (OSError, ValueError, TypeError, KeyError) as e:
-        raise UserError(f"{path!r} (--{flag}) is not a testbed description: {e}") from None
-    if sizes is not None and (testbed.params.large_size, testbed.params.small_size) != tuple(sizes):
-        raise UserError(f"the testbed {path!r} (--{flag}) is {testbed.params.small_size}->"
-                        f"{testbed.params.large_size} px, the flags {sizes[1]}->{sizes[0]} px; set --small_size and "
-                        f"--large_size to match")
-    if channels is not None and testbed.params.channels != channels:
-        raise UserError(f"the testbed {path!r} (--{flag}) has {testbed.params.channels} channel(s), the images "
-                        f"{channels}: a testbed describes the images it is used with")
-    return testbed
-
-
-def is_testbed_file(path):
-    return path.endswith(".json")
-
-
-def quantize(x):
-    """[-1, 1] floats -> uint8 images, rounding to the nearest level."""
-    return np.clip(np.round(to_255(x)), 0, 255).astype(np.uint8)
-
-
-def write_testbed_dataset(out_dir, params=TestbedParams(), num_train=2000, num_eval=16, seed=0):
-    """
-    Draw images from the prior and save them as an image folder `{out_dir}/images` of PNG
-    files, with `train_data_info.pkl`, `to_sample_data_info.pkl` and `testbed.json`.
-    Images are named `gsm{k}_{i:06d}` and grouped into one "class" per mixture component.
-    """
-    testbed = GaussianScaleMixture(params)
-    rng = np.random.default_rng(seed)
-    image_dir = os.path.join(out_dir, "images")
-    os.makedirs(image_dir, exist_ok=True)
-    x, k = testbed.sample_prior(num_train + num_eval, rng)
-    train_info, eval_info = {}, {}
-    for i in range(num_train + num_eval):
-        name = f"gsm{k[i]}_{i:06d}"
-        save_png(quantize(x[i]).transpose(1, 2, 0), os.path.join(image_dir, f"{name}.png"))
-        info = train_info if i < num_train else eval_info
-        info.setdefault(f"gsm{k[i]}", {"y": int(k[i]), "file_names": []})["file_names"].append(name)
-    sort = lambda d: dict(sorted(d.items()))  # noqa: E731
-    save_pickle(sort(train_info), os.path.join(out_dir, "train_data_info.pkl"))
-    save_pickle(sort(eval_info), os.path.join(out_dir, "to_sample_data_info.pkl"))
-    atomic_write(os.path.join(out_dir, "testbed.json"), lambda f: f.write(testbed.to_json().encode()))
-    return testbed

@@ -1,18 +1,24 @@
 """
 The one scorer against the exact posterior: per image in [0, 255] units (variances
 [0, 255]^2) for a mean, a variance (with its calibration against fresh exact samples) and
-principal components, then averaged over images with 95% bootstrap intervals and, where the
-images' mixture components are known, per scale.
+principal components, then averaged over images with 95% bootstrap intervals, pooled and per
+mixture component (the images' components are known), and two estimates on the same images
+compared by their paired difference.
+
+Honest statistics: every error also in relative form (a mean's MSE over the mean posterior
+variance; a variance's |v - v*| / v*), so that images of a small posterior variance count;
+samples reduce to their mean and their unbiased (ddof 1) variance, `sample_moments`, wherever
+they are scored against exact truth (the paper's files keep np.var's ddof 0).
 """
 
+import functools
 import hashlib
 
 import numpy as np
 
 from imaging import VAR_SCALE, area_downsample, low_res_input, metrics, pc_metrics, to_255, to_float
 
-from .gaussian_scale_mixture import quantize
-from .oracles import ExactCovariance
+from .files import quantize
 
 COVERAGE_KS = (1, 2, 3)
 FRESH_SAMPLES = 20  # exact posterior draws per image that the intervals are checked against
@@ -39,10 +45,26 @@ class ExactScorer:
         self.y = y
         self._covariances = {}
 
+    @property
+    def labels(self):
+        """The testbed's component labels (what per-component results are keyed by)."""
+        return self.testbed.component_labels
+
+    def subset(self, idx):
+        """The images `idx` (their exact moments, fresh samples and covariances kept, not recomputed)."""
+        sub = object.__new__(ExactScorer)
+        sub.testbed, sub.small_size = self.testbed, self.small_size
+        sub.uint8, sub.low_res_up = self.uint8[idx], self.low_res_up[idx]
+        sub.names, sub.ks = [self.names[i] for i in idx], [self.ks[i] for i in idx]
+        sub.exact_mean, sub.exact_var, sub.fresh, sub.y = (self.exact_mean[idx], self.exact_var[idx], self.fresh[idx],
+                                                           self.y[idx])
+        sub._covariances = {j: self._covariances[i] for j, i in enumerate(idx) if i in self._covariances}
+        return sub
+
     def covariance(self, i):
         """The exact Cov[x | y] of image i (testbed.ExactCovariance, HWC-flat vectors)."""
         if i not in self._covariances:
-            self._covariances[i] = ExactCovariance(self.testbed, self.y[i])
+            self._covariances[i] = self.testbed.covariance(self.y[i])
         return self._covariances[i]
 
 
@@ -52,37 +74,80 @@ def hwc_flat(chw):
     return hwc.reshape(*hwc.shape[:-3], -1)
 
 
+def sample_moments(samples, axis=0):
+    """The mean (clipped to [0, 255], as the verification stores it) and the unbiased variance of samples."""
+    return np.clip(samples.mean(axis=axis), 0, 255), metrics.unbiased_variance(samples, axis=axis)
+
+
 def mean_scores(images, mean):
-    per_image = []
-    for i in range(len(mean)):
-        per_image.append(metrics.mean_metrics(images.exact_mean[i], mean[i]))
-    return per_image
+    """A mean estimate [N, C, H, W] against E[x | y], per image: mse, psnr, nmse, rel_mse."""
+    return [metrics.exact_mean_metrics(images.exact_mean[i], images.exact_var[i], mean[i]) for i in range(len(mean))]
 
 
 def var_scores(images, mean, var):
-    """Var model (or any variance estimate) against Var, against Var + (m - E)^2, ratio, calibration."""
+    """
+    A variance estimate against Var[x | y] (absolute and relative errors, the ratio), against what
+    a variance model learns, Var + (m - E)^2 with m its mean, and its calibration: the share of
+    fresh exact posterior samples within k std of the mean.
+    """
     per_image = []
     for i in range(len(var)):
         target = images.exact_var[i] + (mean[i] - images.exact_mean[i]) ** 2
         std = np.sqrt(np.maximum(var[i], 0))
         dev = np.abs(images.fresh[i] - mean[i][None])
+        vs_var = metrics.exact_var_metrics(images.exact_var[i], var[i])
         per_image.append(dict(
-            vs_var=metrics.var_metrics(images.exact_var[i], var[i]),
-            vs_target=metrics.var_metrics(target, var[i]),
-            var_ratio=metrics.variance_ratio(images.exact_var[i], var[i]),
+            vs_var=vs_var, vs_target=metrics.exact_var_metrics(target, var[i]), var_ratio=vs_var["var_ratio"],
             coverage={str(k): float(np.mean(dev <= k * std[None])) for k in COVERAGE_KS},
         ))
     return per_image
 
 
-def summarize(per_image, ks=None, scales=None):
-    """Means with intervals; with the images' components, the variance ratio (or captured variance) per scale."""
-    summary = {**metrics.average(per_image), "ci95": metrics.bootstrap_interval(per_image)}
-    for key in ("var_ratio", "captured"):
-        if ks is not None and key in per_image[0]:
-            groups = group_by_scale([r[key] for r in per_image], ks, scales)
-            summary[f"{key}_by_scale"] = {label: float(np.mean(group)) for label, group in groups.items()}
+def sample_scores(images, means, variances):
+    """
+    N samples per image, reduced to their moments (sample_moments), against the exact posterior:
+    one flat dict per image (rel_mse, mse, var_error, std_error, rel_var_error, rel_std_error,
+    var_ratio, coverage): the sampler study's and every N-sample reference line's metrics.
+    """
+    return [dict(**mean, **{k: v for k, v in var["vs_var"].items()}, coverage=var["coverage"])
+            for mean, var in zip(mean_scores(images, means), var_scores(images, means, variances))]
+
+
+def within_floor(estimate, floor, band=0.03):
+    """
+    The floor criterion of N samples: an estimate (a summary of sample_scores) is "within the
+    floor" when, for every mixture component, its variance ratio's 95% interval lies inside
+    [1 - band, 1 + band], and its relative mean MSE and relative std error are at most the upper
+    end of the floor's interval (N exact posterior samples, the same images). Returns
+    {"within": bool, "checks": {name: bool}}.
+    """
+    checks = {}
+    for label, comp in estimate["by_component"].items():
+        low, high = comp["ci95"]["var_ratio"]
+        checks[f"variance ratio {label}"] = bool(1 - band <= low and high <= 1 + band)
+    for key in ("rel_mse", "rel_std_error"):
+        checks[key] = bool(estimate[key] <= floor["ci95"][key][1])
+    return {"within": all(checks.values()), "checks": checks}
+
+
+def summarize(per_image, ks=None, labels=None):
+    """
+    Means over images with 95% bootstrap intervals; with the images' components `ks` and the
+    testbed's `labels`, the same per component ("by_component": {label: {..., "num_images"}}).
+    """
+    summary = {**metrics.average(per_image), "ci95": metrics.bootstrap_interval(per_image),
+               "num_images": len(per_image)}
+    if ks is not None:
+        summary["by_component"] = {
+            label: {**metrics.average(group), "ci95": metrics.bootstrap_interval(group), "num_images": len(group)}
+            for label, group in group_by_component(per_image, ks, labels).items()}
     return summary
+
+
+def paired(per_image_a, per_image_b, *path):
+    """Two estimates' per-image scores on the same images: the mean difference (a - b) of the metric at `path`."""
+    get = lambda r: functools.reduce(lambda d, key: d[key], path, r)  # noqa: E731
+    return metrics.paired_difference([get(r) for r in per_image_a], [get(r) for r in per_image_b])
 
 
 def pc_scores(images, mean, directions, variances, idx=None):
@@ -106,14 +171,14 @@ def sample_pcs_chw(samples, k):
     return np.moveaxis(dirs.reshape(k, *samples.shape[-2:], samples.shape[-3]), -1, -3)
 
 
-def scale_label(scales, k):
-    """The name of mixture component k in results: "s=0.08" (or "class k" for an image of no component)."""
-    return f"s={scales[k]:g}" if 0 <= k < len(scales) else f"class {k}"
+def component_label(labels, k):
+    """The name of mixture component k in results ("s=0.08", "k=1 (s=0.2, ...)"; "class k" for an image of none)."""
+    return labels[k] if 0 <= k < len(labels) else f"class {k}"
 
 
-def group_by_scale(values, ks, scales):
-    """{scale label: the values of the images of that component}, in the components' order."""
-    return {scale_label(scales, k): [v for v, kk in zip(values, ks) if kk == k] for k in sorted(set(ks))}
+def group_by_component(values, ks, labels):
+    """{component label: the values of the images of that component}, in the components' order."""
+    return {component_label(labels, k): [v for v, kk in zip(values, ks) if kk == k] for k in sorted(set(ks))}
 
 
 # -- one image at a time, HWC (the verification's and the sampler study's layout) -----------------
@@ -122,8 +187,8 @@ def exact_posterior(testbed, truth_uint8_chw, small_size, num_samples=0, seed=0)
     """
     Exact posterior mean / variance and the bilinear input, HWC in [0, 255] units, and the
     covariance ("cov", ExactCovariance); with num_samples, also the Monte Carlo floor:
-    the samples ("mc_samples"), their mean ("mc_mean") and variance ("mc_var"), stored as
-    the DDPM-SR samples are (uint8) and reduced the same way.
+    the samples ("mc_samples"), their mean ("mc_mean") and unbiased variance ("mc_var"), stored
+    as the DDPM-SR samples are (uint8).
     """
     high_res = to_float(truth_uint8_chw[None])
     y = area_downsample(high_res, small_size).double().numpy()[0]
@@ -136,9 +201,9 @@ def exact_posterior(testbed, truth_uint8_chw, small_size, num_samples=0, seed=0)
     if num_samples:
         draws = quantize(testbed.sample_posterior(y, num_samples, np.random.default_rng(seed)))
         exact_samples = hwc(draws).astype(np.float64)
-        result.update(mc_mean=np.clip(exact_samples.mean(axis=0), 0, 255), mc_var=exact_samples.var(axis=0),
-                      mc_samples=exact_samples)
-    result["cov"] = ExactCovariance(testbed, y)
+        mc_mean, mc_var = sample_moments(exact_samples)
+        result.update(mc_mean=mc_mean, mc_var=mc_var, mc_samples=exact_samples)
+    result["cov"] = testbed.covariance(y)
     return result
 
 

@@ -17,11 +17,15 @@ class TestbedTeacher(th.nn.Module):
     Stands in for the DDPM-SR network on the exact testbed: returns the exact epsilon
     E[eps | x_t, y] and, for a learned-sigma diffusion, the variance channel that makes the
     sampler's reverse step use the exact per-pixel variance of x_{t-1} given x_t:
-    posterior_variance + coef1^2 Var[x_0 | x_t, y].
+    posterior_variance + coef1^2 Var[x_0 | x_t, y]. With `perturbation` delta, the denoiser
+    is x0 = E[x | y] + (1 - delta (1 - alphabar)) (E[x_0 | x_t, y] - E[x | y]) (the sampler
+    study's robustness run: how each sampler carries a network's error), the variance channel
+    unchanged.
     """
 
-    def __init__(self, testbed, diffusion, learn_sigma):
+    def __init__(self, testbed, diffusion, learn_sigma, perturbation=0.0):
         super().__init__()
+        self.perturbation = perturbation
         if diffusion.rescale_timesteps:
             raise UserError("the testbed teacher needs --rescale_timesteps False")
         self.testbed = testbed
@@ -40,6 +44,11 @@ class TestbedTeacher(th.nn.Module):
         j = self.respaced_index[timesteps]
         alpha_bar = self.alphas_cumprod[j]
         x0, var_x0 = self.testbed.denoise(x, alpha_bar, low_res)
+        if self.perturbation:
+            # a network's error, modelled: the denoiser's step away from E[x | y] scaled by
+            # 1 - delta (1 - alphabar), i.e. by up to 1 - delta at high noise and not at all at t = 0
+            posterior_mean = th.as_tensor(self.testbed.posterior_mean(low_res.double().cpu().numpy()), device=x.device)
+            x0 = posterior_mean + (1 - self.perturbation * (1 - alpha_bar.view(-1, 1, 1, 1))) * (x0 - posterior_mean)
         view = lambda v: v.view(-1, 1, 1, 1)  # noqa: E731
         eps = (x.double() - view(alpha_bar.sqrt()) * x0) / view((1 - alpha_bar).sqrt())
         if not self.learn_sigma:
