@@ -11,13 +11,19 @@ project. Upstream's modules are here under their names; what differs, on purpose
   upstream's ancestral loop, as small pure functions over one network call per step.
 - `respace.py`: `logsnrN` respacing (N steps uniform in log-SNR) beside upstream's.
 - `script_util.py`: `channel_mult` in the SR defaults, `diffusion_from_flags` (one-line errors
-  for an unknown schedule or respacing), and each defaults function's numeric rules beside it.
+  for an unknown schedule or respacing, and for a linear schedule of 20 steps or fewer, whose
+  last beta reaches 1), and each defaults function's numeric rules beside it.
 - `fp16_util.py`: the layer conversions only; `MixedPrecisionTrainer` is the run kit's
   (without upstream's flattened master parameters), re-exported here.
 - `logger.py`, `dist_util.py`: the run kit's, re-exported under upstream's names (one logger
   and one process group for every stage of both experiments).
-- Not here: upstream's `image_datasets.py`, `resample.py` and `train_util.py` (the stages'
-  data loaders are in `sr_var/data.py`, the one training loop in `runkit/training.py`).
+- `resample.py`: upstream's timestep samplers (`uniform`, `loss-second-moment`), drawing from a
+  given random stream, with the loss history as a ring buffer (the same last 10 losses, no
+  Python loop over the batch) that `state_dict()` saves with the optimizer state.
+- Not here: upstream's `image_datasets.py` and `train_util.py` (the stages' data loaders are in
+  `sr_var/data.py`; the one training loop, with upstream's EMA of the weights, in
+  `runkit/training.py`; the upsampler's training, `super_res_train.py`, in
+  `sr_var/ddpm_training.py` behind `sr_ddpm_train.py`).
 
 It imports the run kit and nothing else of the project.
 """

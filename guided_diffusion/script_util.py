@@ -242,6 +242,11 @@ def diffusion_from_flags(flags):
     """
     if flags["noise_schedule"] not in NOISE_SCHEDULES:
         raise UserError(f"--noise_schedule {flags['noise_schedule']!r} is not one of: {', '.join(NOISE_SCHEDULES)}")
+    if flags["noise_schedule"] == "linear" and flags["diffusion_steps"] <= 20:
+        # upstream's AssertionError (beta > 1), or at 20 steps alphabar_T = 0 and a NaN loss at the last step
+        raise UserError(f"--diffusion_steps {flags['diffusion_steps']} with --noise_schedule linear gives a last beta "
+                        f"of {20 / flags['diffusion_steps']:g} (the linear betas scale with 1000 / steps and must stay "
+                        f"below 1); use more than 20 steps, or --noise_schedule cosine")
     try:
         return create_gaussian_diffusion(
             steps=flags["diffusion_steps"], learn_sigma=flags["learn_sigma"], noise_schedule=flags["noise_schedule"],

@@ -319,7 +319,7 @@ def checkpoint_kind(shapes):
     if "conv1.weight" in shapes and "fc3.weight" in shapes:
         return "an MNIST classifier (mnist_classification.py)"
     if any(k.startswith("time_embed.") for k in shapes):
-        return "a diffusion UNet (the upsampler that ddpm_sr_sample.py samples)"
+        return "a DDPM-SR upsampler (a diffusion UNet: sr_ddpm_train.py trains it, ddpm_sr_sample.py samples it)"
     first, out = shapes.get("input_blocks.0.0.weight"), shapes.get("out.2.weight")
     if not (first and out):
         return None

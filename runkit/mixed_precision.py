@@ -84,10 +84,10 @@ class MixedPrecisionTrainer:
             return 0.0
         return th.linalg.vector_norm(th.stack(th._foreach_norm(grads))).item()
 
-    def master_params_to_state_dict(self):
-        """The model's state_dict with every parameter taken from the fp32 masters."""
+    def master_params_to_state_dict(self, params=None):
+        """The model's state_dict with every parameter taken from the fp32 masters (or from `params`, an EMA)."""
         state_dict = self.model.state_dict()
-        for name, m in zip(self.param_names, self.master_params):
+        for name, m in zip(self.param_names, self.master_params if params is None else params):
             state_dict[name] = m.detach().float().clone()
         return state_dict
 

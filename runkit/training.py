@@ -1,14 +1,16 @@
 """
-The one training loop of the project (MNIST classifiers, SR mean and variance models):
-microbatch gradient accumulation, fp16 with loss scaling, Adam/AdamW, linear lr
-annealing, stopping by step count or wall time, atomic checkpoints every
+The one training loop of the project (MNIST classifiers, SR mean, variance and PC models, the
+DDPM-SR upsampler): microbatch gradient accumulation, fp16 with loss scaling, Adam/AdamW, linear
+lr annealing, stopping by step count or wall time, atomic checkpoints every
 `save_interval`, resuming with optimizer state, and DDP when launched under mpiexec.
 SIGTERM / SIGUSR1 (cluster pre-emption) and --run_time end the loop with a checkpoint and
 raise `Preempted` (exit status 75): the run is not finished, and the same command with
 `--resume_checkpoint latest` continues it. One live run per `model_save_dir` (a lock).
 A loss that turns NaN or inf ends the run in one line with the last finite step saved; a
 resumed run takes the --lr, --weight_decay and --batch_size given now over what its checkpoint
-ran with, and logs a change.
+ran with, and logs a change. Optionally (`ema_rate`, off by default) it keeps exponential moving
+averages of the fp32 master weights, saved beside each checkpoint as ema_{rate}_{step:06d}.pt
+and resumed from there, as guided-diffusion's TrainLoop does.
 """
 
 import contextlib
@@ -30,6 +32,12 @@ from .paths import lock_folder
 from .run import Preempted, stop_requested, stop_signals
 
 CHECKPOINT_RE = re.compile(r"^model(\d+)\.pt$")
+EMA_CHECKPOINT_RE = re.compile(r"^ema_(.+)_(\d+)\.pt$")
+
+
+def ema_checkpoint_name(rate, step):
+    """guided-diffusion's name of an EMA checkpoint: ema_0.9999_000100.pt."""
+    return f"ema_{rate}_{step:06d}.pt"
 
 
 def parse_resume_step_from_filename(filename):
@@ -58,6 +66,10 @@ def resolve_resume_checkpoint(model_save_dir, resume_checkpoint):
         if os.sep in resume_checkpoint or "/" in resume_checkpoint:
             raise UserError(f"--resume_checkpoint {resume_checkpoint!r} should be a file name inside "
                             f"--model_save_dir {model_save_dir!r} (for example model002000.pt)")
+        ema = EMA_CHECKPOINT_RE.match(resume_checkpoint)
+        if ema:  # its step would be read as 0, and the run would write over the later checkpoints
+            raise UserError(f"--resume_checkpoint {resume_checkpoint!r} is an EMA of the weights; resume from "
+                            f"model{ema.group(2)}.pt (its EMA files are read beside it)")
         if not os.path.isfile(os.path.join(model_save_dir, resume_checkpoint)):
             hint = f"; checkpoints there: {', '.join(existing[-3:])}" if existing else ""
             raise UserError(f"--resume_checkpoint {resume_checkpoint!r} is not in --model_save_dir "
@@ -90,6 +102,13 @@ class TrainLoop:
     :param debug_mode: also log the gradient norm and the peak GPU memory.
     :param flag_names: the model's shape flags, for the line that names a checkpoint which does not fit
         (fileio.likely_flag).
+    :param ema_rate: rates of exponential moving averages of the weights to keep (() : none), each
+        saved as ema_{rate}_{step:06d}.pt and resumed from that file.
+    :param extra_state: an object with state_dict() / load_state_dict(state) whose state travels in
+        the optimizer file (a timestep sampler's loss history); load_state_dict raises ValueError for
+        a state that does not fit.
+    :param log_fn: log_fn(), called at every log_interval before the values are written (a stage's
+        own logger.logkv values).
     """
 
     def __init__(
@@ -119,6 +138,9 @@ class TrainLoop:
         progress=True,
         debug_mode=False,
         flag_names="model flags",
+        ema_rate=(),
+        extra_state=None,
+        log_fn=None,
     ):
         self.model = model
         self.data = data
@@ -138,6 +160,8 @@ class TrainLoop:
         self.on_save = on_save
         self.progress = progress
         self.debug_mode = debug_mode
+        self.extra_state = extra_state
+        self.log_fn = log_fn
         self.device = dist_util.dev()
 
         if use_fp16 and self.device.type != "cuda":
@@ -160,6 +184,14 @@ class TrainLoop:
             check_state_dict(self.model, state_dict, path, "resume_checkpoint", flag_names)
             self.mp_trainer.load_state_dict(state_dict)
         dist_util.sync_params(self.mp_trainer.model_params)
+        if self.mp_trainer.master_params is not self.mp_trainer.model_params:
+            # fp16: the fp32 masters were copied from each rank's own weights before the broadcast
+            dist_util.sync_params(self.mp_trainer.master_params)
+
+        self.ema_rate = tuple(float(rate) for rate in ema_rate)
+        self.ema_params = [[p.detach().clone() for p in self.mp_trainer.master_params] for _ in self.ema_rate]
+        if resume_checkpoint and self.ema_rate:
+            self._load_ema_params(flag_names)
 
         opt_cls = {"adamw": th.optim.AdamW, "adam": th.optim.Adam}[optimizer]
         # fused kernels exist for CPU and CUDA float32 parameters; they are much faster
@@ -183,6 +215,20 @@ class TrainLoop:
 
     # -- checkpoints ------------------------------------------------------------------------
 
+    def _load_ema_params(self, flag_names):
+        """Each EMA from its file of the resumed step; one that is missing starts from the checkpoint's weights."""
+        for rate, params in zip(self.ema_rate, self.ema_params):
+            path = os.path.join(self.model_save_dir, ema_checkpoint_name(rate, self.step))
+            if not os.path.exists(path):
+                logger.log(f"no EMA file {path}; the EMA at rate {rate} starts from the checkpoint's weights")
+                continue
+            state_dict = load_state_dict(path, "resume_checkpoint")
+            check_state_dict(self.model, state_dict, path, "resume_checkpoint", flag_names)
+            with th.no_grad():
+                for name, p in zip(self.mp_trainer.param_names, params):
+                    p.copy_(state_dict[name])
+            dist_util.sync_params(params)
+
     def _load_optimizer_state(self):
         path = os.path.join(self.model_save_dir, f"opt{self.step:06d}.pt")
         if not os.path.exists(path):
@@ -197,6 +243,13 @@ class TrainLoop:
             raise UserError(f"{path!r} is not an optimizer state; delete it to resume with a fresh optimizer")
         if "lg_loss_scale" in state:
             self.mp_trainer.lg_loss_scale = state.pop("lg_loss_scale")
+        extra_state = state.pop("extra_state", None)
+        if extra_state is not None and self.extra_state is not None:
+            try:
+                self.extra_state.load_state_dict(extra_state)
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise UserError(f"optimizer state {path!r} does not fit this run: {e}; delete it to resume with a "
+                                f"fresh optimizer") from None
         saved_batch = state.pop("global_batch_size", None)
         batch = self.batch_size * dist_util.get_world_size()
         if saved_batch is not None and saved_batch != batch:
@@ -229,12 +282,17 @@ class TrainLoop:
             g["lr"], g["weight_decay"] = expected, self.weight_decay
 
     def save(self):
-        """Write opt{step}.pt, then model{step}.pt (the model file marks a complete checkpoint)."""
+        """Write opt{step}.pt and the EMA files, then model{step}.pt (the model file marks a complete checkpoint)."""
         if dist_util.get_rank() == 0:
             opt_state = self.opt.state_dict()
             opt_state["lg_loss_scale"] = self.mp_trainer.lg_loss_scale
             opt_state["global_batch_size"] = self.batch_size * dist_util.get_world_size()
+            if self.extra_state is not None:
+                opt_state["extra_state"] = self.extra_state.state_dict()
             save_torch(opt_state, os.path.join(self.model_save_dir, f"opt{self.step:06d}.pt"))
+            for rate, params in zip(self.ema_rate, self.ema_params):
+                save_torch(self.mp_trainer.master_params_to_state_dict(params),
+                           os.path.join(self.model_save_dir, ema_checkpoint_name(rate, self.step)))
             save_torch(self.mp_trainer.master_params_to_state_dict(),
                        os.path.join(self.model_save_dir, f"model{self.step:06d}.pt"))
             logger.log(f"saved checkpoint model{self.step:06d}.pt")
@@ -321,6 +379,8 @@ class TrainLoop:
             if bar is not None:
                 bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
         self._loss_sum, self._loss_count = None, 0
+        if self.log_fn is not None:
+            self.log_fn()
         logger.logkv("lr", self.opt.param_groups[0]["lr"])
         logger.logkv("samples", self.step * self.batch_size * dist_util.get_world_size())
         if self.debug_mode:
@@ -336,7 +396,15 @@ class TrainLoop:
         if not self._all_finite(loss):
             value = loss.item()
             raise NonFiniteLoss(value if not math.isfinite(value) else "not finite on another rank")
-        self.mp_trainer.optimize(self.opt)
+        if self.mp_trainer.optimize(self.opt):
+            self._update_ema()
+
+    def _update_ema(self):
+        """ema = rate * ema + (1 - rate) * weights, on the fp32 masters (guided-diffusion's update_ema)."""
+        with th.no_grad():
+            for rate, params in zip(self.ema_rate, self.ema_params):
+                th._foreach_mul_(params, rate)
+                th._foreach_add_(params, self.mp_trainer.master_params, alpha=1 - rate)
 
     def _all_finite(self, loss):
         finite = th.isfinite(loss).float()

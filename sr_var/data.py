@@ -9,13 +9,14 @@ uint8 tensors over; scaling, flips and resampling run batched on the device. Sma
 sets are decoded once and kept in memory.
 """
 
+import itertools
 import os
 import random
 
 import numpy as np
 import torch as th
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
 from imaging import low_res_input, to_float
@@ -182,18 +183,37 @@ class ImageDataset(Dataset):
         return load_image(self.paths[idx], self.image_size), idx
 
 
+class _SkipBatches:
+    """A batch sampler without its first `skip` batches (their indices are drawn, no image is decoded)."""
+
+    def __init__(self, batch_sampler, skip=0):
+        self.batch_sampler, self.skip = batch_sampler, skip
+
+    def __iter__(self):
+        return itertools.islice(iter(self.batch_sampler), self.skip, None)
+
+    def __len__(self):
+        return max(len(self.batch_sampler) - self.skip, 0)
+
+
 def iterate_images(paths, image_size, batch_size, num_workers=0, shuffle=False, sampler=None,
-                   drop_last=False, epoch_seed=0):
-    """Yield (uint8 [B,3,S,S], indices) once over `paths`."""
+                   drop_last=False, epoch_seed=0, skip_batches=0):
+    """
+    Yield (uint8 [B,3,S,S], indices) once over `paths`, without the first `skip_batches`
+    batches (a resumed run's place in its epoch). The samplers are the ones DataLoader builds
+    for shuffle / sampler / drop_last, drawing from the same generator, so the order is
+    DataLoader's own.
+    """
+    dataset = ImageDataset(paths, image_size)
+    generator = th.Generator().manual_seed(epoch_seed)
+    if sampler is None:
+        sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     loader = DataLoader(
-        ImageDataset(paths, image_size),
-        batch_size=batch_size,
-        shuffle=shuffle and sampler is None,
-        sampler=sampler,
+        dataset,
+        batch_sampler=_SkipBatches(BatchSampler(sampler, batch_size, drop_last), skip_batches),
         num_workers=num_workers,
-        drop_last=drop_last,
         pin_memory=th.cuda.is_available(),
-        generator=th.Generator().manual_seed(epoch_seed),
+        generator=generator,
         worker_init_fn=ignore_stop_signals,  # the main process stops the run (and them) cleanly
     )
     try:
@@ -224,10 +244,13 @@ def check_batch_size(num_images, batch_size, data_info_path):
                         f"lower --batch_size or add images")
 
 
-def training_batches(paths, *, image_size, batch_size, num_workers=4, max_cache_gb=2.0, seed=0):
+def training_batches(paths, *, image_size, batch_size, num_workers=4, max_cache_gb=2.0, seed=0, start_batch=0,
+                     with_index=False):
     """
     An endless iterator of shuffled uint8 batches [B,3,S,S] for this rank (drop_last).
-    Under torch.distributed each rank sees its own shard of every epoch.
+    Under torch.distributed each rank sees its own shard of every epoch. `start_batch` skips
+    that many batches of the sequence (a resumed run continues where the stopped one was,
+    without decoding what it skips); `with_index` yields (batch, indices into paths).
     """
     world, rank = dist_util.get_world_size(), dist_util.get_rank()
     cache_gb = len(paths) * 3 * image_size * image_size / 2**30
@@ -235,24 +258,32 @@ def training_batches(paths, *, image_size, batch_size, num_workers=4, max_cache_
         logger.log(f"decoding {len(paths)} images into memory ({cache_gb * 1024:.0f} MiB)")
         images = load_all_images(paths, image_size, num_workers)
         generator = th.Generator().manual_seed(seed)
+        per_epoch = len(range(rank, len(paths), world)) // batch_size
+        for _ in range(start_batch // per_epoch):  # the skipped epochs' permutations
+            th.randperm(len(paths), generator=generator)
+        skip = start_batch % per_epoch
         while True:
             order = th.randperm(len(paths), generator=generator)
             order = order[rank::world]  # the same permutation on every rank, sharded
-            for i in range(0, len(order) - batch_size + 1, batch_size):
-                yield images[order[i:i + batch_size]]
+            for i in range(skip * batch_size, len(order) - batch_size + 1, batch_size):
+                index = order[i:i + batch_size]
+                yield (images[index], index) if with_index else images[index]
+            skip = 0
     else:
         logger.log(f"streaming {len(paths)} images with {num_workers} loader workers")
-        epoch = 0
+        per_epoch = (len(paths) // world if world > 1 else len(paths)) // batch_size
+        epoch, skip = divmod(start_batch, per_epoch)
         while True:
             sampler = None
             if world > 1:
                 sampler = DistributedSampler(range(len(paths)), num_replicas=world, rank=rank,
                                              shuffle=True, seed=seed, drop_last=True)
                 sampler.set_epoch(epoch)
-            for batch, _ in iterate_images(paths, image_size, batch_size, num_workers, shuffle=True,
-                                           sampler=sampler, drop_last=True, epoch_seed=seed + epoch):
-                yield batch
-            epoch += 1
+            for batch, index in iterate_images(paths, image_size, batch_size, num_workers, shuffle=True,
+                                               sampler=sampler, drop_last=True, epoch_seed=seed + epoch,
+                                               skip_batches=skip):
+                yield (batch, index) if with_index else batch
+            epoch, skip = epoch + 1, 0
 
 
 def sr_training_pairs(uint8_batches, small_size, device, random_flip=True, seed=0):

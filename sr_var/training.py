@@ -1,7 +1,9 @@
 """
 Training a model of any kind (sr_var.kinds: the mean model by the MSE to x_hr, the variance
 model by the MSE to (x_hr - mean)^2, the principal components model by its loss on
-x_hr - mean) through the project's one TrainLoop.
+x_hr - mean) through the project's one TrainLoop. Its checks before a run (`start_training`),
+the opening of the run's folders (`open_run_folders`) and the loop's flags (`loop_flags`) serve
+the DDPM-SR upsampler's training too (sr_var/ddpm_training.py).
 """
 
 import os
@@ -18,6 +20,7 @@ from runkit import (
 )
 from runkit.fileio import save_pickle
 from runkit.training import TrainLoop, resolve_resume_checkpoint
+from testbed.files import check_flips
 
 from .data import (
     check_batch_size,
@@ -57,6 +60,7 @@ def training_defaults():
         image_interval=500,
         num_workers=4,
         max_cache_gb=2.0,
+        random_flip=True,  # the original's augmentation; refused on a testbed whose prior a flip changes
     )
 
 
@@ -68,58 +72,53 @@ TRAINING_RULES = dict(lr=POSITIVE, weight_decay=NON_NEGATIVE, lr_anneal_steps=NO
 
 def training_parser(kind, description=None):
     """The flags of a kind's training stage: the loop's, the mean model's paths where it needs one, the model's."""
-    mean_paths = dict(mean_model_path="", mean_model_args_path="") if kind.needs_mean_model else {}
+    mean_paths = dict(mean_model_path="", mean_model_args_path="") if kind.mean_model_flags else {}
     return create_argparser({**training_defaults(), **mean_paths, **kind.defaults()},
                             rules={**TRAINING_RULES, **kind.rules}, checks=kind.checks, description=description)
 
 
-def train(args, explicit, kind):
-    """The body of sr_mean_train.py, sr_var_train.py and sr_pc_train.py: `kind` is a kinds.ModelKind."""
+def start_training(args, explicit, kind):
+    """
+    What every training stage checks before it builds anything, writing nothing: the two
+    folders given, the process group and seeds, the training images (and the batch size
+    against them), the checkpoint to resume from, and the model flags of the run (a fresh
+    run's from the command line, a resumed run's from its args pickle, contradictions refused).
+    Returns (images [(file_name, y)], their paths, the checkpoint to resume or "", model flags).
+    """
     for flag in ("log_dir", "model_save_dir"):
         if not getattr(args, flag):
             raise UserError(f"--{flag} is required")
     dist_util.setup_dist()
     seed_everything(args.seed + dist_util.get_rank())
-    device = dist_util.dev()
 
-    # Check everything the run needs before the (slow) start, and before writing anything.
     info = load_data_info(args.data_info_dict_path)
-    names = [name for name, _ in flatten_data_info(info)]
-    paths = resolve_images(args.data_dir, names, args.data_info_dict_path)
+    images = flatten_data_info(info)
+    paths = resolve_images(args.data_dir, [name for name, _ in images], args.data_info_dict_path)
     check_batch_size(len(paths), args.batch_size, args.data_info_dict_path)
+    check_flips(args.data_dir, args.random_flip)
     resume = resolve_resume_checkpoint(args.model_save_dir, args.resume_checkpoint)
-    pickle_path = os.path.join(args.log_dir, kind.args_pickle)
     # A fresh run takes the flags (and refuses another run's args pickle); a resumed run takes the saved ones.
-    model_args = model_args_for_run(args, explicit, kind, pickle_path, fresh_run=not resume)
-    model = kind.build(model_args)
-    mean_model = None
-    if kind.needs_mean_model:
-        mean_model = load_mean_model(args.mean_model_path, args.mean_model_args_path, device, args.use_fp16,
-                                     sizes=(model_args["large_size"], model_args["small_size"]))
+    model_args = model_args_for_run(args, explicit, kind, os.path.join(args.log_dir, kind.args_pickle),
+                                    fresh_run=not resume)
+    return images, paths, resume, model_args
 
+
+def open_run_folders(args, kind, model_args, model, num_images):
+    """After every check: the folders made writable, the log opened, the args pickle of a fresh run written."""
     for flag in ("log_dir", "model_save_dir"):
         require_writable_dir(getattr(args, flag), flag)
     logger.configure(args.log_dir, rank=dist_util.get_rank())
+    pickle_path = os.path.join(args.log_dir, kind.args_pickle)
     if dist_util.get_rank() == 0 and not os.path.exists(pickle_path):
         save_pickle(model_args, pickle_path)
         logger.log(f"saved model flags to {pickle_path}")
     logger.log(f"{kind.name} model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
-               f"{len(paths)} training images")
+               f"{num_images} training images")
 
-    batches = training_batches(paths, image_size=model_args["large_size"], batch_size=args.batch_size,
-                               num_workers=args.num_workers, max_cache_gb=args.max_cache_gb, seed=args.seed)
-    pairs = sr_training_pairs(batches, model_args["small_size"], device, seed=args.seed)
 
-    def loss_fn(net, low_res_up, high_res):
-        return kind.loss(net, low_res_up, high_res, mean_model)
-
-    def image_fn(step, micro, output):
-        logger.write_image("train_images", kind.train_tiles(micro, output, mean_model), step)
-
-    TrainLoop(
-        model=model,
-        data=pairs,
-        loss_fn=loss_fn,
+def loop_flags(args, resume):
+    """The TrainLoop arguments that training_defaults()'s flags give."""
+    return dict(
         batch_size=args.batch_size,
         microbatch=args.microbatch,
         lr=args.lr,
@@ -135,8 +134,38 @@ def train(args, explicit, kind):
         log_interval=args.log_interval,
         save_interval=args.save_interval,
         image_interval=args.image_interval,
-        image_fn=image_fn,
         debug_mode=args.debug_mode,
+    )
+
+
+def train(args, explicit, kind):
+    """The body of sr_mean_train.py, sr_var_train.py and sr_pc_train.py: `kind` is a kinds.ModelKind."""
+    # Check everything the run needs before the (slow) start, and before writing anything.
+    _, paths, resume, model_args = start_training(args, explicit, kind)
+    device = dist_util.dev()
+    model = kind.build(model_args)
+    mean_model = None
+    if kind.uses_mean_model(model_args):
+        mean_model = load_mean_model(args.mean_model_path, args.mean_model_args_path, device, args.use_fp16,
+                                     sizes=(model_args["large_size"], model_args["small_size"]))
+    open_run_folders(args, kind, model_args, model, len(paths))
+
+    batches = training_batches(paths, image_size=model_args["large_size"], batch_size=args.batch_size,
+                               num_workers=args.num_workers, max_cache_gb=args.max_cache_gb, seed=args.seed)
+    pairs = sr_training_pairs(batches, model_args["small_size"], device, random_flip=args.random_flip, seed=args.seed)
+
+    def loss_fn(net, low_res_up, high_res):
+        return kind.loss(net, low_res_up, high_res, mean_model)
+
+    def image_fn(step, micro, output):
+        logger.write_image("train_images", kind.train_tiles(micro, output, mean_model), step)
+
+    TrainLoop(
+        model=model,
+        data=pairs,
+        loss_fn=loss_fn,
+        image_fn=image_fn,
         flag_names=MEAN_FLAG_NAMES,
+        **loop_flags(args, resume),
     ).run_loop()
     logger.log("training complete")
