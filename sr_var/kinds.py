@@ -21,6 +21,7 @@ from runkit.finite import require_finite
 
 from . import networks
 from . import principal_components as pcs
+from . import quantiles as quantiles_mod
 from .data import read_image
 from .visualize import std_to_uint8, tile
 
@@ -31,6 +32,7 @@ class ModelKind:
     name = ""  # the kind's name in files and logs: {name}_model_args.pkl, "{name} test"
     title = ""  # in messages: "the {title} model"
     needs_mean_model = True  # its input is [low-res, mean-model output]
+    mean_model_optional = False  # a model flag decides whether it takes the mean model's output (uses_mean_model)
     defaults = staticmethod(networks.mean_model_defaults)  # the model's flags (the args pickle's keys)
     rules = networks.MEAN_MODEL_RULES  # their numeric rules
     checks = networks.SIZE_CHECKS
@@ -49,9 +51,18 @@ class ModelKind:
         except (ValueError, TypeError, AssertionError) as e:
             raise UserError(f"cannot build the {self.name} model from its flags: {e}") from None
 
+    @property
+    def mean_model_flags(self):
+        """Whether the kind's stages take --mean_model_path / --mean_model_args_path."""
+        return self.needs_mean_model or self.mean_model_optional
+
+    def uses_mean_model(self, model_args):
+        """Whether a model of these flags takes the mean model's output as input."""
+        return self.needs_mean_model
+
     def network_input(self, mean_model, low_res_up):
-        """The network's input and the mean model's output (None for a kind without one); no gradients."""
-        if not self.needs_mean_model:
+        """The network's input and the mean model's output (None without a mean model); no gradients."""
+        if mean_model is None:
             return low_res_up, None
         with th.no_grad():
             mean = mean_model(low_res_up).float()
@@ -222,5 +233,61 @@ class PrincipalComponentsModel(ModelKind):
             to_uint8((mean + sign * 2 * shown[:, k]).cpu()) for k in range(min(3, shown.shape[1])) for sign in (1, -1)]
 
 
-MEAN, VAR, PC = MeanModel(), VarianceModel(), PrincipalComponentsModel()
-KINDS = {kind.name: kind for kind in (MEAN, VAR, PC)}
+class QuantileModelKind(ModelKind):
+    """
+    Per-pixel conditional quantiles at --quantiles by the pinball loss on x (their conditional
+    risk minimisers), from the low-res input, or with --condition_on_mean True from [low-res,
+    mean-model output] as the variance model. The output is sorted along the levels before it
+    is written, and the share of pixels that needed it is written beside it.
+    """
+
+    name, title, stage = "quantile", "quantile", "sr_quantile_test.py"
+    needs_mean_model = False
+    mean_model_optional = True
+    defaults = staticmethod(networks.quantile_model_defaults)
+    rules = networks.QUANTILE_MODEL_RULES
+    checks = networks.QUANTILE_MODEL_CHECKS
+    create = staticmethod(networks.create_quantile_model)
+
+    def uses_mean_model(self, model_args):
+        return bool(model_args["condition_on_mean"])
+
+    def loss(self, net, low_res_up, high_res, mean_model):
+        inputs, _ = self.network_input(mean_model, low_res_up)
+        quantiles = net(inputs)
+        levels = (net.module if hasattr(net, "module") else net).levels
+        return quantiles_mod.pinball_loss(quantiles, high_res, levels), quantiles
+
+    def train_tiles(self, micro, shown, mean_model):
+        low_res_up, high_res = micro
+        n, mid = 4, shown.shape[1] // 2
+        width = (shown[:n, -1] - shown[:n, 0]).clamp(min=0)
+        return tile([to_uint8(low_res_up[:n].cpu()), to_uint8(shown[:n, mid].float().cpu()),
+                     std_to_uint8(width.square().float().cpu()), to_uint8(high_res[:n].cpu())])
+
+    def predict(self, net, low_res_up, mean_model):
+        inputs, mean = self.network_input(mean_model, low_res_up)
+        with th.no_grad():
+            return (net(inputs).float(), net.levels.double()), mean
+
+    def in_255(self, raw):
+        """(quantiles [B, L, C, H, W] in [0, 255] units, levels [L])."""
+        quantiles, levels = raw
+        return to_255(quantiles.double()).numpy(), levels.numpy()
+
+    def output_paths(self, output_dir, file_name, step):
+        return {"quantiles": quantiles_mod.quantiles_path(output_dir, file_name, step)}
+
+    def write(self, raw, j, paths, low_res_up):
+        quantiles, levels = raw
+        quantiles_mod.save_quantiles(paths["quantiles"], levels.cpu().numpy(), to_255(quantiles[j].double()).cpu().numpy())
+
+    def test_tiles(self, low_res_up, raw, mean):
+        quantiles, _ = raw
+        mid = quantiles.shape[1] // 2
+        width = (quantiles[:, -1] - quantiles[:, 0]).clamp(min=0)
+        return [to_uint8(low_res_up.cpu()), to_uint8(quantiles[:, mid].cpu()), std_to_uint8(width.square().cpu())]
+
+
+MEAN, VAR, PC, QUANTILE = MeanModel(), VarianceModel(), PrincipalComponentsModel(), QuantileModelKind()
+KINDS = {kind.name: kind for kind in (MEAN, VAR, PC, QUANTILE)}

@@ -14,6 +14,8 @@ from guided_diffusion.script_util import attention_downsample_rates, attention_r
 from guided_diffusion.unet import UNetModel
 from runkit import AT_LEAST_ONE, FRACTION, UNSET_OR_AT_LEAST_ONE, UserError, multiple_of
 
+from .quantiles import parse_levels
+
 # Flag names by role, for naming the flag behind a checkpoint that does not fit.
 MEAN_FLAG_NAMES = {"width": "model_channels", "classes": "class_cond", "out": "out_channels",
                    "in": "in_channels", "size": "large_size"}
@@ -114,6 +116,27 @@ class PrincipalComponentsModel(PlainUNetModel):
 
 
 
+class QuantileModel(PlainUNetModel):
+    """
+    Per-pixel conditional quantiles in one forward pass: a plain UNet on the bilinear low-res
+    image (and, with condition_on_mean, the mean model's output: twice `in_channels`) whose last
+    layer has one image per level. forward(x) returns [B, L, C, H, W] in [-1, 1] units; the
+    levels are a buffer (`levels`), so a checkpoint carries them.
+    """
+
+    def __init__(self, image_size, in_channels, image_channels, levels, condition_on_mean, *args, **kwargs):
+        super().__init__(image_size, in_channels * (2 if condition_on_mean else 1), *args, **kwargs)
+        if self.out_channels != len(levels) * image_channels:
+            raise ValueError(f"out_channels must be L * C = {len(levels)} * {image_channels}")
+        self.image_channels = image_channels
+        self.register_buffer("levels", th.tensor(levels, dtype=th.float32))
+
+    def forward(self, x):
+        raw = super().forward(x)
+        B, _, H, W = raw.shape
+        return raw.reshape(B, len(self.levels), self.image_channels, H, W)
+
+
 def mean_model_defaults():
     """The original code's defaults for the mean model (what mean_model_args.pkl holds)."""
     return dict(
@@ -156,6 +179,11 @@ def pc_model_defaults():
     return dict(mean_model_defaults(), num_pcs=5)
 
 
+def quantile_model_defaults():
+    """The quantile model (quantile_model_args.pkl): the mean model's flags, the levels, and its input."""
+    return dict(mean_model_defaults(), quantiles="0.05,0.5,0.95", condition_on_mean=False)
+
+
 VAR_MODEL_RULES = MEAN_MODEL_RULES
 PC_MODEL_RULES = dict(MEAN_MODEL_RULES, num_pcs=AT_LEAST_ONE)
 
@@ -169,6 +197,8 @@ def _pcs_fit_the_image(args):
 
 
 PC_MODEL_CHECKS = (*SIZE_CHECKS, _pcs_fit_the_image)
+QUANTILE_MODEL_RULES = MEAN_MODEL_RULES
+QUANTILE_MODEL_CHECKS = (*SIZE_CHECKS, lambda args: parse_levels(args.quantiles))
 
 
 def _plain_unet_kwargs(flags, defaults, out_channels=None):
@@ -222,3 +252,14 @@ def create_pc_model(**flags):
         raise ValueError(f"num_pcs {num_pcs} must be at least 1")
     return PrincipalComponentsModel(image_channels=channels, num_pcs=num_pcs,
                                     **_plain_unet_kwargs(flags, pc_model_defaults(), num_pcs * channels))
+
+
+def create_quantile_model(**flags):
+    """
+    The quantile model (quantile_model_defaults()): input the bilinear low-res image (with
+    condition_on_mean, and the mean model's output), output one image per level of `quantiles`.
+    """
+    _plain_unet_kwargs(flags, quantile_model_defaults())  # the flags' check, before they are read
+    levels, channels = parse_levels(flags["quantiles"]), flags["out_channels"]
+    unet = _plain_unet_kwargs(flags, quantile_model_defaults(), len(levels) * channels)
+    return QuantileModel(image_channels=channels, levels=levels, condition_on_mean=flags["condition_on_mean"], **unet)

@@ -60,7 +60,7 @@ TESTING_RULES = dict(batch_size=AT_LEAST_ONE, local_rank=NON_NEGATIVE, num_worke
 
 def testing_parser(kind, description=None):
     """The flags of a kind's test stage: the test's, the mean model's paths where it needs one, the model's."""
-    mean_paths = dict(mean_model_path="", mean_model_args_path="") if kind.needs_mean_model else {}
+    mean_paths = dict(mean_model_path="", mean_model_args_path="") if kind.mean_model_flags else {}
     return create_argparser({**testing_defaults(), **mean_paths, **kind.defaults()},
                             rules={**TESTING_RULES, **kind.rules}, checks=kind.checks, description=description)
 
@@ -95,7 +95,7 @@ def test(args, explicit, kind):
     if use_fp16:
         model.convert_to_fp16()
     mean_model = None
-    if kind.needs_mean_model:
+    if kind.uses_mean_model(model_args):
         mean_model = load_mean_model(args.mean_model_path, args.mean_model_args_path, device, use_fp16,
                                      sizes=(model_args["large_size"], model_args["small_size"]))
 

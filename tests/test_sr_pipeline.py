@@ -21,6 +21,7 @@ from imaging import low_res_input, to_float, to_uint8
 from runkit.fileio import load_pickle
 from sr_var.data import center_crop_arr
 from sr_var.data_info import build_data_info
+from sr_var.quantiles import load_quantiles
 from tests.conftest import ROOT, assert_user_error, files_in, run_script
 from tests.helpers import make_image_folder, photo_folder_run, snapshot
 
@@ -84,6 +85,12 @@ def sr_run(tmp_path_factory):
                 "--model_save_dir", "checkpoints/sr_pc/64_256", *mean_args], cwd=root)
     run_script(["sr_pc_test.py", *MEAN_FLAGS, *test_common, "--log_dir", "logs/sr_pc/64_256",
                 "--model_path", "checkpoints/sr_pc/64_256/model000003.pt", *mean_args], cwd=root)
+    # the quantile model, conditioned on the mean model's output as the variance model is
+    run_script(["sr_quantile_train.py", *MEAN_FLAGS, "--quantiles", "0.1,0.5,0.9", "--condition_on_mean", "True",
+                *common, "--log_dir", "logs/sr_quantile/64_256", "--model_save_dir", "checkpoints/sr_quantile/64_256",
+                *mean_args], cwd=root)
+    run_script(["sr_quantile_test.py", *MEAN_FLAGS, *test_common, "--log_dir", "logs/sr_quantile/64_256",
+                "--model_path", "checkpoints/sr_quantile/64_256/model000003.pt", *mean_args], cwd=root)
     return root
 
 
@@ -93,8 +100,11 @@ def test_seed_commands_write_the_specified_files(sr_run):
     assert len(names) == 3
     for name in names:
         folder = sr_run / "outputs/sr_var/64_256" / name
-        assert sorted(os.listdir(folder)) == ["high_res_mean_3.png", "high_res_pcs_3.npz", "high_res_var_3.pkl",
-                                              "low_res.png"]
+        assert sorted(os.listdir(folder)) == ["high_res_mean_3.png", "high_res_pcs_3.npz", "high_res_quantiles_3.npz",
+                                              "high_res_var_3.pkl", "low_res.png"]
+        levels, quantiles, crossing = load_quantiles(str(folder / "high_res_quantiles_3.npz"), 32)
+        assert levels.tolist() == [0.1, 0.5, 0.9] and quantiles.shape == (3, 32, 32, 3) and 0 <= crossing <= 1
+        assert (np.diff(quantiles, axis=0) >= 0).all()  # written sorted along the levels
         assert np.array(Image.open(folder / "high_res_mean_3.png")).shape == (32, 32, 3)
         var = pickle.load(open(folder / "high_res_var_3.pkl", "rb"))
         assert var.shape == (32, 32, 3) and var.dtype == np.float32
@@ -112,7 +122,15 @@ def test_seed_commands_write_the_specified_files(sr_run):
                           "logs/sr_pc/64_256", "--output_dir", "outputs/bad", "--model_path",
                           "checkpoints/sr_pc/64_256/model000003.pt"], cwd=sr_run, check=False)
     assert_user_error(refused, "--num_pcs 4 contradicts", "pc_model_args.pkl")
-    for run in ("sr_mean", "sr_var", "sr_pc"):
+    quantile_args = load_pickle(str(sr_run / "logs/sr_quantile/64_256/quantile_model_args.pkl"))
+    assert quantile_args["quantiles"] == "0.1,0.5,0.9" and quantile_args["condition_on_mean"] is True
+    for bad, needle in (("0.5,0.2", "strictly increasing"), ("0,0.5", "lie in (0, 1)"), ("0.1,,0.9", "--quantiles")):
+        refused = run_script(["sr_quantile_train.py", *MEAN_FLAGS, "--quantiles", bad, "--data_dir", "imagenet/train",
+                              "--data_info_dict_path", "data/sr_imagenet/train_data_info.pkl", "--log_dir", "logs/q",
+                              "--model_save_dir", "checkpoints/q"], cwd=sr_run, check=False)
+        assert_user_error(refused, needle)
+    assert not (sr_run / "logs/q").exists()
+    for run in ("sr_mean", "sr_var", "sr_pc", "sr_quantile"):
         assert files_in(sr_run / "checkpoints" / run / "64_256") == ["model000003.pt", "opt000003.pt"]
         log = (sr_run / "logs" / run / "64_256" / "log.txt").read_text()
         assert "needs a GPU; training in fp32" in log  # --use_fp16 True on a CPU
