@@ -32,6 +32,7 @@ from .paths import lock_folder
 from .run import Preempted, stop_requested, stop_signals
 
 CHECKPOINT_RE = re.compile(r"^model(\d+)\.pt$")
+LR_SCHEDULES = ("linear", "cosine")
 EMA_CHECKPOINT_RE = re.compile(r"^ema_(.+)_(\d+)\.pt$")
 
 
@@ -93,7 +94,9 @@ class TrainLoop:
     :param loss_fn: loss_fn(model, *microbatch) -> (mean loss over the microbatch, output).
     :param microbatch: split each batch into pieces of this size and accumulate (<= 0: off).
     :param optimizer: "adamw" (the SR models) or "adam" (the MNIST classifier).
-    :param lr_anneal_steps: decay the lr linearly to 0 over this many steps, then stop (0: off).
+    :param lr_anneal_steps: decay the lr to 0 over this many steps, then stop (0: off).
+    :param lr_schedule: how it decays: "linear" (guided-diffusion's) or "cosine".
+    :param warmup_steps: ramp the lr up linearly over the first this many steps (0: off).
     :param max_step: stop after this many optimizer steps.
     :param run_time: stop (with a checkpoint) after this many hours (<= 0: off).
     :param resume_checkpoint: a file name in model_save_dir, "latest", or "".
@@ -124,6 +127,8 @@ class TrainLoop:
         weight_decay=0.0,
         optimizer="adamw",
         lr_anneal_steps=0,
+        lr_schedule="linear",
+        warmup_steps=0,
         use_fp16=False,
         fp16_scale_growth=1e-3,
         initial_lg_loss_scale=INITIAL_LOG_LOSS_SCALE,
@@ -150,6 +155,10 @@ class TrainLoop:
         self.lr = lr
         self.weight_decay = weight_decay
         self.lr_anneal_steps = lr_anneal_steps
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {lr_schedule!r}")
+        self.lr_schedule = lr_schedule
+        self.warmup_steps = warmup_steps
         self.max_step = max_step
         self.run_time = run_time
         self.model_save_dir = model_save_dir
@@ -270,7 +279,7 @@ class TrainLoop:
         """
         group = self.opt.param_groups[0]
         # the lr these flags give at the last step taken (annealing sets it before each step)
-        expected = self.lr * (1 - (self.step - 1) / self.lr_anneal_steps) if self.lr_anneal_steps else self.lr
+        expected = self.lr_at(self.step - 1)
         if not math.isclose(group["lr"], expected, rel_tol=1e-9, abs_tol=1e-15):
             logger.log(f"resuming with --lr {self.lr}" + (f" annealed over --lr_anneal_steps {self.lr_anneal_steps}"
                        if self.lr_anneal_steps else "") + f": the checkpoint's optimizer ran at lr {group['lr']:.6g} "
@@ -438,8 +447,19 @@ class TrainLoop:
                     self.image_fn(self.step + 1, micro, output.detach())
         return step_loss
 
-    def _set_lr(self):
-        """Linear annealing: step s (0-based) runs at lr * (1 - s / lr_anneal_steps)."""
+    def lr_at(self, step):
+        """
+        The lr of step `step` (0-based): the warm-up's linear ramp (step + 1) / warmup_steps, times
+        the decay over lr_anneal_steps, linear 1 - step / T (guided-diffusion's) or cosine
+        (1 + cos(pi step / T)) / 2.
+        """
+        scale = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
         if self.lr_anneal_steps:
+            frac = step / self.lr_anneal_steps
+            scale = scale * ((1 - frac) if self.lr_schedule == "linear" else 0.5 * (1 + math.cos(math.pi * frac)))
+        return self.lr * scale
+
+    def _set_lr(self):
+        if self.lr_anneal_steps or self.warmup_steps:
             for param_group in self.opt.param_groups:
-                param_group["lr"] = self.lr * (1 - self.step / self.lr_anneal_steps)
+                param_group["lr"] = self.lr_at(self.step)

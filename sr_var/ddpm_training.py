@@ -37,11 +37,11 @@ from guided_diffusion.script_util import (
     sr_model_and_diffusion_defaults,
 )
 from imaging import area_downsample, to_float, to_uint8
-from runkit import UserError, check_choice, comma_list, create_argparser, dist_util, logger
+from runkit import UserError, check_choice, create_argparser, dist_util, logger
 from runkit.training import TrainLoop, parse_resume_step_from_filename
 
 from .data import training_batches
-from .training import TRAINING_RULES, loop_flags, open_run_folders, start_training, training_defaults
+from .training import TRAINING_RULES, ema_rates, loop_flags, open_run_folders, start_training, training_defaults
 from .visualize import tile
 
 
@@ -51,17 +51,6 @@ def ddpm_training_defaults():
         schedule_sampler="uniform",  # or loss-second-moment (improved DDPM's importance sampling)
         ema_rate="0.9999",  # comma-separated rates; "" keeps no EMA
     )
-
-
-def ema_rates(value):
-    """The --ema_rate list: distinct rates in (0, 1)."""
-    rates = comma_list(value, "ema_rate", float, example="0.9999")
-    for rate in rates:
-        if not 0 < rate < 1:
-            raise UserError(f"--ema_rate {value!r}: every rate should be in (0, 1), not {rate}")
-    if len(set(rates)) < len(rates):
-        raise UserError(f"--ema_rate {value!r} names a rate twice")
-    return rates
 
 
 def _check_training_flags(args):
@@ -250,7 +239,6 @@ def train_upsampler(args, explicit):
         loss_fn=loss,
         image_fn=image_fn,
         flag_names=SR_FLAG_NAMES,
-        ema_rate=rates,
         extra_state=schedule_sampler,
         log_fn=loss.log,
         **loop_flags(args, resume),

@@ -22,19 +22,49 @@ MEAN_FLAG_NAMES = {"width": "model_channels", "classes": "class_cond", "out": "o
 _PLAIN_CHANNEL_MULT = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4)}
 
 
+def set_norm_groups(model, groups):
+    """
+    Every GroupNorm of `model` with `groups` groups (guided-diffusion's are 32: on 32 channels
+    that is one channel a group, instance normalisation, which drops each channel's amplitude).
+    The parameters are per channel, so checkpoints keep their keys; a count that does not
+    divide a layer's channels is a ValueError.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.GroupNorm):
+            if m.num_channels % groups:
+                raise ValueError(f"norm_groups {groups} does not divide a normalisation layer's {m.num_channels} "
+                                 f"channels")
+            m.num_groups = groups
+
+
 class PlainUNetModel(UNetModel):
     """
     The paper's mean model: the UNet trunk without timestep input, forward(x). An input
     that is not `image_size` square is first resized bilinearly, as in the original code.
+    With `residual`, the output is added to the last image of the input (the mean model's:
+    the bilinear low-res image), so that an untrained network (its last layer starts at 0)
+    predicts that image instead of 0. `norm_groups` as set_norm_groups.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, residual=False, norm_groups=32, **kwargs):
         super().__init__(*args, use_timestep=False, **kwargs)
+        self.residual = residual
+        if norm_groups != 32:
+            set_norm_groups(self, norm_groups)
 
-    def forward(self, x):
+    def resize(self, x):
         if x.shape[-2:] != (self.image_size, self.image_size):
             x = F.interpolate(x, (self.image_size, self.image_size), mode="bilinear")
-        return super().forward(x)
+        return x
+
+    def base(self, x, channels):
+        """What a residual output is added to: the input's last `channels` channels."""
+        return x[:, -channels:]
+
+    def forward(self, x):
+        x = self.resize(x)
+        out = super().forward(x)
+        return out + self.base(x, out.shape[1]) if self.residual else out
 
 
 class _Exp(nn.Module):
@@ -49,6 +79,8 @@ class VarianceModel(PlainUNetModel):
     """
 
     def __init__(self, image_size, in_channels, *args, last_layer_type="none", **kwargs):
+        if kwargs.get("residual"):
+            raise ValueError("residual applies to the mean and quantile models, not the variance model")
         super().__init__(image_size, in_channels * 2, *args, **kwargs)
         if last_layer_type == "none":
             self.last_layer = nn.Identity()
@@ -96,6 +128,8 @@ class PrincipalComponentsModel(PlainUNetModel):
     """
 
     def __init__(self, image_size, in_channels, image_channels, num_pcs, *args, **kwargs):
+        if kwargs.get("residual"):
+            raise ValueError("residual applies to the mean and quantile models, not the PC model")
         super().__init__(image_size, in_channels * 2, *args, **kwargs)
         if num_pcs < 1 or self.out_channels != num_pcs * image_channels:
             raise ValueError(f"num_pcs {num_pcs} must be at least 1, with out_channels K * C")
@@ -129,16 +163,26 @@ class QuantileModel(PlainUNetModel):
         if self.out_channels != len(levels) * image_channels:
             raise ValueError(f"out_channels must be L * C = {len(levels)} * {image_channels}")
         self.image_channels = image_channels
-        self.register_buffer("levels", th.tensor(levels, dtype=th.float32))
+        self.register_buffer("levels", th.tensor(levels, dtype=th.float64))
 
     def forward(self, x):
-        raw = super().forward(x)
+        x = self.resize(x)
+        raw = UNetModel.forward(self, x)
         B, _, H, W = raw.shape
-        return raw.reshape(B, len(self.levels), self.image_channels, H, W)
+        out = raw.reshape(B, len(self.levels), self.image_channels, H, W)
+        # residual: each level about the input's last image (the mean model's output, or the bilinear low-res)
+        return out + self.base(x, self.image_channels)[:, None] if self.residual else out
+
+
+# Our additions to the paper's networks' flags; their defaults build the original's networks.
+ADDED_FLAGS = dict(
+    residual=False,  # the output added to the bilinear input (mean) or the last input image (quantile)
+    norm_groups=32,  # groups of every GroupNorm (32: guided-diffusion's)
+)
 
 
 def mean_model_defaults():
-    """The original code's defaults for the mean model (what mean_model_args.pkl holds)."""
+    """The original code's defaults for the mean model (what mean_model_args.pkl holds), and our additions."""
     return dict(
         large_size=256,
         small_size=64,
@@ -158,6 +202,7 @@ def mean_model_defaults():
         num_heads_upsample=-1,
         resblock_updown=False,
         use_new_attention_order=False,
+        **ADDED_FLAGS,
     )
 
 
@@ -165,6 +210,7 @@ MEAN_MODEL_RULES = dict(
     large_size=AT_LEAST_ONE, small_size=AT_LEAST_ONE, in_channels=AT_LEAST_ONE, model_channels=AT_LEAST_ONE,
     out_channels=AT_LEAST_ONE, num_res_blocks=AT_LEAST_ONE, dropout=FRACTION, dims=AT_LEAST_ONE,
     num_heads=AT_LEAST_ONE, num_head_channels=UNSET_OR_AT_LEAST_ONE, num_heads_upsample=UNSET_OR_AT_LEAST_ONE,
+    norm_groups=AT_LEAST_ONE,
 )
 SIZE_CHECKS = (multiple_of("large_size", "small_size"), attention_reached("large_size", _PLAIN_CHANNEL_MULT))
 
@@ -206,9 +252,9 @@ def _plain_unet_kwargs(flags, defaults, out_channels=None):
     The UNet keywords of a plain model's flags (exactly the keys of `defaults`, as the
     original's keyword-only builders took them: a missing or unknown flag is a TypeError).
     """
-    if set(flags) != set(defaults):
-        raise TypeError(f"model flags {sorted(set(flags) ^ set(defaults))} missing or unknown")
-    f = flags
+    f = {**ADDED_FLAGS, **flags}  # flags of the original code's networks (args pickles, vectors) lack the additions
+    if set(f) != set(defaults):
+        raise TypeError(f"model flags {sorted(set(f) ^ set(defaults))} missing or unknown")
     return dict(
         in_channels=f["in_channels"],
         image_size=f["large_size"],
@@ -227,6 +273,8 @@ def _plain_unet_kwargs(flags, defaults, out_channels=None):
         num_heads_upsample=f["num_heads_upsample"],
         resblock_updown=f["resblock_updown"],
         use_new_attention_order=f["use_new_attention_order"],
+        residual=f["residual"],
+        norm_groups=f["norm_groups"],
     )
 
 

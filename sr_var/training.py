@@ -13,13 +13,15 @@ from runkit import (
     NON_NEGATIVE,
     POSITIVE,
     UserError,
+    check_choice,
+    comma_list,
     create_argparser,
     dist_util,
     logger,
     require_writable_dir,
 )
 from runkit.fileio import save_pickle
-from runkit.training import TrainLoop, resolve_resume_checkpoint
+from runkit.training import LR_SCHEDULES, TrainLoop, resolve_resume_checkpoint
 from testbed.files import check_flips
 
 from .data import (
@@ -61,13 +63,28 @@ def training_defaults():
         num_workers=4,
         max_cache_gb=2.0,
         random_flip=True,  # the original's augmentation; refused on a testbed whose prior a flip changes
+        lr_schedule="linear",  # the decay over --lr_anneal_steps: linear (the original's) or cosine
+        lr_warmup_steps=0,  # a linear warm-up of the lr over this many first steps
+        ema_rate="",  # comma-separated rates of EMAs of the weights, saved as ema_{rate}_{step}.pt ("" : none)
     )
 
 
 TRAINING_RULES = dict(lr=POSITIVE, weight_decay=NON_NEGATIVE, lr_anneal_steps=NON_NEGATIVE, batch_size=AT_LEAST_ONE,
                       fp16_scale_growth=NON_NEGATIVE, max_step=AT_LEAST_ONE, log_interval=AT_LEAST_ONE,
                       save_interval=AT_LEAST_ONE, local_rank=NON_NEGATIVE, seed=NON_NEGATIVE,
-                      image_interval=NON_NEGATIVE, num_workers=NON_NEGATIVE, max_cache_gb=NON_NEGATIVE)
+                      image_interval=NON_NEGATIVE, num_workers=NON_NEGATIVE, max_cache_gb=NON_NEGATIVE,
+                      lr_warmup_steps=NON_NEGATIVE)
+
+
+def ema_rates(value):
+    """The --ema_rate list: distinct rates in (0, 1) ("" : none)."""
+    rates = comma_list(value, "ema_rate", float, example="0.9999") if value else []
+    for rate in rates:
+        if not 0 < rate < 1:
+            raise UserError(f"--ema_rate {value!r}: every rate should be in (0, 1), not {rate}")
+    if len(set(rates)) < len(rates):
+        raise UserError(f"--ema_rate {value!r} names a rate twice")
+    return rates
 
 
 def training_parser(kind, description=None):
@@ -125,6 +142,9 @@ def loop_flags(args, resume):
         weight_decay=args.weight_decay,
         optimizer="adamw",
         lr_anneal_steps=args.lr_anneal_steps,
+        lr_schedule=check_choice(args.lr_schedule, LR_SCHEDULES, "lr_schedule"),
+        warmup_steps=args.lr_warmup_steps,
+        ema_rate=ema_rates(args.ema_rate),
         use_fp16=args.use_fp16,
         fp16_scale_growth=args.fp16_scale_growth,
         max_step=args.max_step,

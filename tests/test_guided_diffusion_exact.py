@@ -15,7 +15,7 @@ from guided_diffusion.script_util import (
     sr_model_and_diffusion_defaults,
 )
 from guided_diffusion.unet import SuperResModel, set_attention_backend
-from sr_var.networks import create_mean_model, create_var_model, mean_model_defaults, var_model_defaults
+from sr_var.networks import ADDED_FLAGS, create_mean_model, create_var_model, mean_model_defaults, var_model_defaults
 from tests.conftest import fixture_path
 
 
@@ -43,8 +43,8 @@ def test_upsampler_state_dict_matches_openai_checkpoint():
 ])
 def test_mean_var_state_dicts_match_original_code(name, builder, defaults):
     ref = json.load(open(fixture_path(f"{name}_state_dict.json")))
-    # The builders take exactly the keys an original args pickle holds.
-    assert set(ref["flags"]) == set(defaults())
+    # The builders take exactly the keys an original args pickle holds (our additions default to the original's networks).
+    assert set(ref["flags"]) == set(defaults()) - set(ADDED_FLAGS)
     with th.device("meta"):
         model = builder(**ref["flags"])
     assert _manifest(model) == ref["state_dict"]

@@ -16,7 +16,7 @@ from runkit import logger
 from runkit.training import TrainLoop
 from sr_var.data import flatten_data_info, load_all_images, load_data_info, resolve_images, sr_training_pairs
 from sr_var.kinds import VAR
-from sr_var.networks import create_mean_model, create_var_model
+from sr_var.networks import create_mean_model, create_var_model, mean_model_defaults
 from sr_var.sampling import sample_images
 from testbed import (
     ExactCovariance,
@@ -272,10 +272,8 @@ def test_theorem_2_2_on_the_exact_testbed(testbed_run):
     """
     tb, eval_images, root = testbed_run
     th.manual_seed(0)
-    flags = dict(large_size=16, small_size=4, in_channels=3, model_channels=32, out_channels=3, num_res_blocks=1,
-                 attention_resolutions="8", dropout=0.0, channel_mult="1,2", conv_resample=True, dims=2,
-                 use_checkpoint=False, use_fp16=False, num_heads=4, num_head_channels=-1, num_heads_upsample=-1,
-                 resblock_updown=True, use_new_attention_order=False)
+    flags = dict(mean_model_defaults(), large_size=16, small_size=4, model_channels=32, num_res_blocks=1,
+                 attention_resolutions="8", channel_mult="1,2", resblock_updown=True)
     mean_model = _train(create_mean_model(**flags),
                         lambda net, lr_up, hr: (F.mse_loss(out := net(lr_up), hr), out), tb, 300, root, "mean")
 
