@@ -337,6 +337,15 @@ class CovarianceMixture(ExactTestbed):
         U = T["U_r"].to(a.dtype)
         return th.einsum("ca,bc...->ba...", U, a) if not inverse else th.einsum("ca,ba...->bc...", U, a)
 
+    def _candidates(self, log_prior):
+        """
+        The components that p(k | y) leaves a weight above 1e-6 for some image of the batch. Given
+        x_t a component's weight p(k | x_t, y) averages to p(k | y) over x_t, so dropping the
+        others changes the teachers' draws with probability below 1e-6 and saves their transforms.
+        """
+        w = th.softmax(log_prior, dim=1)
+        return [kk for kk in range(self.num_components) if bool((w[:, kk] > 1e-6).any())]
+
     def denoise(self, x_t, alpha_bar, y):
         """
         The exact posterior of x_0 given the noisy image and the low-res image.
@@ -347,41 +356,50 @@ class CovarianceMixture(ExactTestbed):
         :return: (E[x_0 | x_t, y], diag Cov[x_0 | x_t, y]), both [B, C, H, W], float64.
 
         Given k, x_t | y ~ N(a M_k y, a^2 C_k + b^2 I), diagonal in C_k's eigenbasis; the
-        components are weighted by p(k | x_t, y).
+        components are weighted by p(k | x_t, y). Internally [C, B, n] (R's eigenbasis first),
+        so that each transform is one batched GEMM per component, in float32 (the
+        log-likelihoods and everything after in float64).
         """
         T = self._tensors(x_t.device)
         B, C, H, W = x_t.shape
         n = H * W
-        a = alpha_bar.double().sqrt().view(B, 1, 1)
-        b2 = (1 - alpha_bar.double()).view(B, 1, 1)
-        xr = self._r_basis(x_t.double().reshape(B, C, n), T)
+        same_level = bool((alpha_bar == alpha_bar[0]).all())
+        level = alpha_bar.double()[:1] if same_level else alpha_bar.double()
+        a = level.sqrt().view(1, -1, 1)  # [1, 1 or B, 1]
+        b2 = (1 - level).view(1, -1, 1)
+        xr = self._r_basis(x_t.double().reshape(B, C, n), T).transpose(0, 1)  # [C, B, n]
         yr = self._r_basis(y.double().reshape(B, C, -1), T)
         log_prior = self._log_component_prior(yr, T)
+        candidates = self._candidates(log_prior)
+        yr = yr.transpose(0, 1)  # [C, B, m]
         log_lik, parts = [], []
-        for kk in range(self.num_components):
-            mean_y = th.einsum("cnm,bcm->bcn", T["M"][kk], yr)
-            r = xr - a * mean_y
-            coords = th.einsum("cnj,bcn->bcj", T["U"][kk], r.float()).double()  # U^T r
-            lam = T["lam"][kk][None]
-            denom = a ** 2 * lam + b2  # [B, C, n]
-            log_lik.append(-0.5 * (th.log(denom) + coords ** 2 / denom).sum(dim=(1, 2)))
+        for kk in candidates:
+            mean_y = th.bmm(yr, T["M"][kk].transpose(1, 2))  # M_k y: [C, B, n]
+            coords = th.bmm((xr - a * mean_y).float(), T["U"][kk]).double()  # U^T r
+            lam = T["lam"][kk][:, None]  # [C, 1, n]
+            denom = a ** 2 * lam + b2
+            log_lik.append(-0.5 * (th.log(denom).sum(dim=(0, 2)).expand(B) + (coords ** 2 / denom).sum(dim=(0, 2))))
             parts.append((mean_y, coords, lam, denom))
-        w = th.softmax(log_prior + th.stack(log_lik, dim=1), dim=1)  # p(k | x_t, y): [B, K]
-        active = [kk for kk in range(self.num_components) if bool((w[:, kk] > 1e-12).any())]
+        log_w = log_prior[:, candidates] + th.stack(log_lik, dim=1)
+        w = th.softmax(log_w, dim=1)  # p(k | x_t, y) over the candidates: [B, K']
+        active = [j for j in range(len(candidates)) if bool((w[:, j] > 1e-12).any())]
+        r2 = (T["U_r"] ** 2)
         means, variances = [], []
-        for kk in active:
-            mean_y, coords, lam, denom = parts[kk]
-            gain = a * lam / denom
-            mean = mean_y + th.einsum("cnj,bcj->bcn", T["U"][kk], (gain * coords).float()).double()
-            shrink = lam * b2 / denom  # Var[u | x_t, k] in C_k's eigenbasis
-            var = th.einsum("cnj,bcj->bcn", T["U2"][kk], shrink.float().expand(B, -1, -1)).double()
-            means.append(self._r_basis(mean, T, inverse=True))
+        for j in active:
+            kk, (mean_y, coords, lam, denom) = candidates[j], parts[j]
+            mean = mean_y + th.bmm((a * lam / denom * coords).float(), T["U"][kk].transpose(1, 2)).double()
+            shrink = (lam * b2 / denom).float()  # Var[u | x_t, k] in C_k's eigenbasis: [C, 1 or B, n]
+            var = th.bmm(shrink, T["U2"][kk].transpose(1, 2)).double()
+            means.append(th.einsum("ca,abn->bcn", T["U_r"], mean))  # back to pixels: [B, C, n]
             # pixel variance of channel i: sum_c U_r[i, c]^2 var_c (Cov_k is block-diagonal in R's basis)
-            variances.append(th.einsum("ic,bcn->bin", T["U_r"] ** 2, var))
+            variances.append(th.einsum("ca,abn->bcn", r2, var).expand(B, -1, -1))
         wa = w[:, active][:, :, None, None]
-        means, variances = th.stack(means, dim=1), th.stack(variances, dim=1)  # [B, K', C, n]
-        mean = (wa * means).sum(1)
-        var = (wa * (variances + (means - mean[:, None]) ** 2)).sum(1)
+        if len(active) == 1:
+            mean, var = means[0], variances[0]
+        else:
+            means, variances = th.stack(means, dim=1), th.stack(variances, dim=1)  # [B, K', C, n]
+            mean = (wa * means).sum(1)
+            var = (wa * (variances + (means - mean[:, None]) ** 2)).sum(1)
         return mean.reshape(B, C, H, W), var.reshape(B, C, H, W)
 
     def sample_exact_chain(self, y, alphas_cumprod, normal, uniform):
@@ -406,27 +424,30 @@ class CovarianceMixture(ExactTestbed):
         n = L * L
         yr = self._r_basis(y.double().reshape(B, C, -1), T)
         log_prior = self._log_component_prior(yr, T)
-        mean_y = [th.einsum("cnm,bcm->bcn", T["M"][kk], yr) for kk in range(self.num_components)]
+        candidates = self._candidates(log_prior)
+        log_prior = log_prior[:, candidates]
+        yr = yr.transpose(0, 1)  # [C, B, m]: R's eigenbasis first, as in denoise
+        mean_y = [th.bmm(yr, T["M"][kk].transpose(1, 2)) for kk in candidates]  # M_k y: [C, B, n]
         ab = np.asarray(alphas_cumprod, dtype=np.float64)
         ab_prev = np.append(1.0, ab[:-1])
 
-        def draw_component(log_w):  # one k per sample, by inverse CDF
+        def draw_component(log_w):  # one of the candidates per sample, by inverse CDF
             cdf = th.cumsum(th.softmax(log_w, dim=1), dim=1)
             u = uniform().to(cdf) * cdf[:, -1]
             return (cdf <= u[:, None]).sum(1).clamp(max=cdf.shape[1] - 1)
 
-        def to_pixels(kk, coords, a):  # a M_k y + U_k coords, in R's eigenbasis
-            return a * mean_y[kk][sel(kk)] + th.einsum("cnj,bcj->bcn", T["U"][kk], coords.float()).double()
+        def set_pixels(x, j, sel, coords, a):  # x = a M_k y + U_k coords on the samples `sel`, in R's eigenbasis
+            U = T["U"][candidates[j]]
+            x[:, sel] = a * mean_y[j][:, sel] + th.bmm(coords.float(), U.transpose(1, 2)).double()
 
         k = draw_component(log_prior)
-        sel = lambda kk: k == kk  # noqa: E731
         a_T, b2_T = math.sqrt(ab[-1]), 1.0 - ab[-1]
-        z = normal((C, n)).double()
-        x = th.empty(B, C, n, dtype=th.float64, device=y.device)
-        for kk in range(self.num_components):
-            if sel(kk).any():
-                std = (a_T ** 2 * T["lam"][kk] + b2_T).sqrt()
-                x[sel(kk)] = to_pixels(kk, std * z[sel(kk)], a_T)
+        z = normal((C, n)).double().transpose(0, 1)  # [C, B, n]
+        x = th.empty(C, B, n, dtype=th.float64, device=y.device)
+        for j, kk in enumerate(candidates):
+            sel = k == j
+            if sel.any():
+                set_pixels(x, j, sel, (a_T ** 2 * T["lam"][kk][:, None] + b2_T).sqrt() * z[:, sel], a_T)
         for i in range(len(ab) - 1, -1, -1):
             a, b2 = math.sqrt(ab[i]), 1.0 - ab[i]
             beta = 1.0 - ab[i] / ab_prev[i]
@@ -434,24 +455,25 @@ class CovarianceMixture(ExactTestbed):
             step_var = beta * (1.0 - ab_prev[i]) / b2  # beta~: 0 at the last step
             a_s = math.sqrt(ab_prev[i])
             coords, log_lik = [], []
-            for kk in range(self.num_components):
-                w = th.einsum("cnj,bcn->bcj", T["U"][kk], (x - a * mean_y[kk]).float()).double()
-                denom = a ** 2 * T["lam"][kk] + b2
-                log_lik.append(-0.5 * (th.log(denom).sum() + (w ** 2 / denom).sum(dim=(1, 2))))
+            for j, kk in enumerate(candidates):
+                w = th.bmm((x - a * mean_y[j]).float(), T["U"][kk]).double()  # U_k^T (x_t - a M_k y)
+                denom = a ** 2 * T["lam"][kk][:, None] + b2
+                log_lik.append(-0.5 * (th.log(denom).sum() + (w ** 2 / denom).sum(dim=(0, 2))))
                 coords.append(w)
             k = draw_component(log_prior + th.stack(log_lik, dim=1))
-            z = normal((C, n)).double()
-            for kk in range(self.num_components):
-                if not sel(kk).any():
+            z = normal((C, n)).double().transpose(0, 1)
+            for j, kk in enumerate(candidates):
+                sel = k == j
+                if not sel.any():
                     continue
-                lam = T["lam"][kk]
+                lam = T["lam"][kk][:, None]
                 denom = a ** 2 * lam + b2
                 # w_s = coef1 E[u | w_t, k] + coef2 w_t + sqrt(beta~ + coef1^2 Var[u | w_t, k]) z, in C_k's eigenbasis,
                 # around a_s M_k y
                 scale = coef1 * a * lam / denom + coef2
                 std = (step_var + coef1 ** 2 * lam * b2 / denom).sqrt()
-                x[sel(kk)] = to_pixels(kk, scale * coords[kk][sel(kk)] + std * z[sel(kk)], a_s)
-        return self._r_basis(x, T, inverse=True).reshape(B, C, L, L).float()
+                set_pixels(x, j, sel, scale * coords[j][:, sel] + std * z[:, sel], a_s)
+        return self._r_basis(x.transpose(0, 1), T, inverse=True).reshape(B, C, L, L).float()
 
     # -- files -----------------------------------------------------------------------------------
 
