@@ -49,25 +49,25 @@ def loss_curves(per_image_thresholds, lambdas):
 
 
 def _h1(a, b):
-    """The binary KL divergence KL(Bern(a) || Bern(b)), with 0 log 0 = 0."""
-    a = min(max(a, 0.0), 1.0)
-    out = 0.0
-    if a > 0:
-        out += a * math.log(a / b)
-    if a < 1:
-        out += (1 - a) * math.log((1 - a) / (1 - b))
-    return out
+    """The binary KL divergence KL(Bern(a) || Bern(b)), with 0 log 0 = 0 (a: a number or an array)."""
+    a = np.clip(np.asarray(a, np.float64), 0.0, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        first = np.where(a > 0, a * np.log(a / b), 0.0)
+        second = np.where(a < 1, (1 - a) * np.log((1 - a) / (1 - b)), 0.0)
+    return first + second
 
 
 def hb_pvalue(risk_hat, n, alpha):
     """
     The Hoeffding-Bentkus p-value of H0: risk > alpha, from the mean loss risk_hat of n
     images (losses in [0, 1]): min(exp(-n h1(min(risk_hat, alpha), alpha)),
-    e P(Binomial(n, alpha) <= ceil(n risk_hat))).
+    e P(Binomial(n, alpha) <= ceil(n risk_hat))). risk_hat may be an array.
     """
-    hoeffding = math.exp(-n * _h1(min(risk_hat, alpha), alpha))
-    bentkus = math.e * binom.cdf(math.ceil(n * risk_hat - 1e-12), n, alpha)
-    return min(hoeffding, bentkus, 1.0)
+    r = np.asarray(risk_hat, np.float64)
+    hoeffding = np.exp(-n * _h1(np.minimum(r, alpha), alpha))
+    bentkus = math.e * binom.cdf(np.ceil(n * r - 1e-12), n, alpha)
+    p = np.minimum(np.minimum(hoeffding, bentkus), 1.0)
+    return float(p) if p.ndim == 0 else p
 
 
 def hb_upper_bound(risk_hat, n, delta, tol=1e-10):
@@ -91,17 +91,15 @@ def hb_upper_bound(risk_hat, n, delta, tol=1e-10):
 def rcps(curves, lambdas, alpha, delta):
     """
     RCPS with the Hoeffding-Bentkus bound: the smallest lambda such that it and every larger
-    lambda of the grid have an upper bound <= alpha (scanned from the largest down, as
-    the guarantee needs). None when not even the largest lambda has. curves: [n, len(lambdas)].
+    lambda of the grid have an upper bound <= alpha (the bound is <= alpha exactly where the
+    p-value at alpha is <= delta). None when not even the largest lambda has. curves:
+    [n, len(lambdas)].
     """
-    n = len(curves)
-    risks = curves.mean(axis=0)
-    chosen = None
-    for j in range(len(lambdas) - 1, -1, -1):
-        if hb_pvalue(risks[j], n, alpha) > delta:  # the bound exceeds alpha here
-            break
-        chosen = lambdas[j]
-    return chosen
+    safe = hb_pvalue(curves.mean(axis=0), len(curves), alpha) <= delta
+    if not safe[-1]:
+        return None
+    unsafe = np.nonzero(~safe)[0]  # the tail of the grid after the last unsafe lambda
+    return lambdas[unsafe[-1] + 1] if len(unsafe) else lambdas[0]
 
 
 def conformal_risk_control(curves, lambdas, alpha):
@@ -115,3 +113,66 @@ def conformal_risk_control(curves, lambdas, alpha):
 
 METHODS = {"rcps_hb": lambda curves, lambdas, alpha, delta: rcps(curves, lambdas, alpha, delta),
            "crc": lambda curves, lambdas, alpha, delta: conformal_risk_control(curves, lambdas, alpha)}
+
+
+def repeated_splits(truth, sources, alpha=0.1, delta=0.1, splits=200, seed=0, groups=None, exact_risk=None,
+                    grid_size=801):
+    """
+    Interval sources {name: (centre, below, above)}, each [N, ...] like `truth` [N, ...]: over
+    `splits` random halvings of the N images into a calibration and a test half, lambda by each
+    method of METHODS on the calibration half, then on the test half the realised risk (the mean
+    share of the true images' pixels outside), how often it exceeds alpha, and the width. With
+    `exact_risk(low, high)` -> [N] (an image's expected share outside under its exact posterior,
+    on a testbed) also that per test image, pooled and per group (`groups`: {label: [image
+    indices]}). Per source also its interval as given (lambda = 1).
+    """
+    truth = np.asarray(truth, np.float64)
+    n = len(truth)
+    rng = np.random.default_rng(seed)
+    halves = [rng.permutation(n) for _ in range(splits)]
+    result = {"alpha": alpha, "delta": delta, "splits": splits, "num_images": n}
+    for name, (centre, below, above) in sources.items():
+        below, above = np.maximum(below, 0), np.maximum(above, 0)
+        t = thresholds(truth, centre, below, above).reshape(n, -1)
+        finite = t[np.isfinite(t)]
+        grid = np.linspace(0, 1.5 * max(float(np.quantile(finite, 0.999)) if finite.size else 1.0, 1.0), grid_size)
+        curves = loss_curves(t, grid)
+        width = (below + above).reshape(n, -1).mean(1)
+        cache = {}
+
+        def risk_at(lam):  # the exact conditional risk of every image at lambda
+            if lam not in cache:
+                cache[lam] = exact_risk(centre - lam * below, centre + lam * above)
+            return cache[lam]
+
+        source = {"before_calibration": {"realised_risk": float(loss_curves(t, [1.0])[:, 0].mean()),
+                                         "width": float(width.mean())}}
+        if exact_risk is not None:
+            source["before_calibration"]["exact_risk"] = float(risk_at(1.0).mean())
+        for method, choose in METHODS.items():
+            rows = []
+            for order in halves:
+                cal, test = order[:n // 2], order[n // 2:]
+                lam = choose(curves[cal], grid, alpha, delta)
+                if lam is not None:
+                    j = int(np.searchsorted(grid, lam))
+                    rows.append(dict(lam=float(lam), realised=float(curves[test, j].mean()),
+                                     width=float(lam * width[test].mean()), test=test))
+            summary = {"no_lambda": splits - len(rows)}
+            if rows:
+                summary.update(exceeds_alpha=float(np.mean([r["realised"] > alpha for r in rows])),
+                               realised_risk=float(np.mean([r["realised"] for r in rows])),
+                               lam=float(np.mean([r["lam"] for r in rows])),
+                               width=float(np.mean([r["width"] for r in rows])))
+                if exact_risk is not None:
+                    exact = np.concatenate([risk_at(r["lam"])[r["test"]] for r in rows])
+                    tested = np.concatenate([r["test"] for r in rows])
+                    summary.update(exact_risk=float(exact.mean()), exact_above_alpha=float((exact > alpha).mean()))
+                    if groups:
+                        summary["by_group"] = {
+                            label: dict(exact_risk=float(exact[np.isin(tested, idx)].mean()),
+                                        above_alpha=float((exact[np.isin(tested, idx)] > alpha).mean()))
+                            for label, idx in groups.items() if np.isin(tested, idx).any()}
+            source[method] = summary
+        result[name] = source
+    return result

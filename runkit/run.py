@@ -12,12 +12,14 @@ How a stage ends and how it stops:
 """
 
 import contextlib
+import dataclasses
 import functools
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 import threading
 import warnings
 
@@ -177,41 +179,81 @@ def run_children(commands, cwd=None, env=None, names=None):
     UserError with its last stderr line. Output goes to files, never to pipes that can fill.
     """
     names = names or [os.path.basename(c[1] if len(c) > 1 else c[0]) for c in commands]
+    jobs = [Job(f"{i}", c, name=n) for i, (c, n) in enumerate(zip(commands, names))]
+    done = run_queue(jobs, slots=len(jobs), cwd=cwd, env=env)
+    return [done[job.key]["stdout"] for job in jobs]
+
+
+@dataclasses.dataclass
+class Job:
+    """A child process of run_queue: its key, command, the keys it must wait for, a name for messages, its env."""
+
+    key: str
+    command: list
+    needs: tuple = ()
+    name: str = ""
+    env: dict = None
+
+
+def run_queue(jobs, slots, cwd=None, env=None):
+    """
+    Run the jobs, at most `slots` at a time, each once the jobs it needs have finished; returns
+    {key: {"stdout", "seconds"}} (its own wall time). Stops and failures as run_children: a stop
+    is passed on to the running children and no new one starts; a failure lets the running ones
+    finish, starts no new one, and is raised as a UserError with its last stderr line.
+    """
     with stop_signals(), contextlib.ExitStack() as files:
-        outs = [files.enter_context(tempfile.TemporaryFile("w+")) for _ in commands]
-        errs = [files.enter_context(tempfile.TemporaryFile("w+")) for _ in commands]
-        procs = [subprocess.Popen(c, cwd=cwd, env=env, stdout=o, stderr=e, text=True)
-                 for c, o, e in zip(commands, outs, errs)]
+        pending, running, done, failed, stopped = list(jobs), {}, {}, [], []
         forwarded = False
-        try:
-            while any(p.poll() is None for p in procs):
-                if stop_requested() and not forwarded:
-                    for p in procs:
-                        if p.poll() is None:
-                            with contextlib.suppress(ProcessLookupError):
-                                p.send_signal(FORWARDED_STOP)
-                    forwarded = True
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    procs[[p.poll() is None for p in procs].index(True)].wait(timeout=0.2)
-        finally:
-            for p in procs:  # an error in this process: no child outlives it
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
 
         def last_line(f):
             f.seek(0)
             return (f.read().strip().splitlines() or ["(no output)"])[-1]
 
-        stopped = [n for n, p in zip(names, procs) if p.returncode in (EXIT_PREEMPTED, EXIT_INTERRUPTED)]
+        try:
+            while pending or running:
+                if stop_requested() and not forwarded:
+                    for proc, *_ in running.values():
+                        with contextlib.suppress(ProcessLookupError):
+                            proc.send_signal(FORWARDED_STOP)
+                    forwarded = True
+                if not (forwarded or failed or stopped):
+                    for job in [j for j in pending if all(n in done for n in j.needs)]:
+                        if len(running) >= slots:
+                            break
+                        out = files.enter_context(tempfile.TemporaryFile("w+"))
+                        err = files.enter_context(tempfile.TemporaryFile("w+"))
+                        proc = subprocess.Popen(job.command, cwd=cwd, env=job.env or env, stdout=out, stderr=err,
+                                                text=True)
+                        running[job.key] = (proc, out, err, time.time(), job)
+                        pending.remove(job)
+                if not running:
+                    break  # what is left waits for a job that failed or stopped
+                for key, (proc, out, err, start, job) in list(running.items()):
+                    if proc.poll() is None:
+                        continue
+                    del running[key]
+                    name = job.name or key
+                    if proc.returncode in (EXIT_PREEMPTED, EXIT_INTERRUPTED):
+                        stopped.append(name)
+                    elif proc.returncode != 0:
+                        failed.append(f"{name} failed ({proc.returncode}): {last_line(err)}")
+                    else:
+                        out.seek(0)
+                        done[key] = {"stdout": out.read(), "seconds": time.time() - start}
+                if running:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        next(iter(running.values()))[0].wait(timeout=0.2)
+        finally:
+            for proc, *_ in running.values():  # an error in this process: no child outlives it
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
         if forwarded or stopped:
-            raise Preempted(f"{stop_requested() or 'a stage stopped'}: {', '.join(stopped or names)} saved their "
-                            f"work and stopped; the same command continues")
-        for name, p, err in zip(names, procs, errs):
-            if p.returncode != 0:
-                raise UserError(f"{name} failed ({p.returncode}): {last_line(err)}")
-        texts = []
-        for f in outs:
-            f.seek(0)
-            texts.append(f.read())
-        return texts
+            raise Preempted(f"{stop_requested() or 'a stage stopped'}: {', '.join(stopped) or 'the running stages'} "
+                            f"saved their work and stopped; the same command continues")
+        if failed:
+            raise UserError(failed[0])
+        if pending:  # waiting for a job that is not in the queue: the caller's mistake
+            raise ValueError(f"jobs {[j.key for j in pending]} need jobs that are not in the queue")
+        return done

@@ -1,132 +1,158 @@
 """
-Theorem 2.2 to convergence on the exact testbed: the mean, variance and principal components
-models trained with the stage scripts (sr_mean_train.py, sr_var_train.py, sr_pc_train.py: the
-project's one training loop), every checkpoint scored in closed form against the exact
-posterior on held-out images:
+Theorem 2.2 to convergence on an exact testbed (the covariance mixture by default): the mean,
+variance, quantile and principal components models trained with the stage scripts
+(sr_mean_train.py, sr_var_train.py, sr_quantile_train.py, sr_pc_train.py: the project's one
+training loop) with the chosen recipe (studies/recipes.py) and --seeds seeds, every checkpoint
+scored in closed form against the exact posterior on held-out images, pooled and per mixture
+component, with relative errors:
 
-    mean model      MSE / PSNR against E[x | y]
-    variance model  var and std error against Var[x | y] and against what it learns,
-                    Var[x | y] + (m(y) - E[x | y])^2; the variance ratio per mixture scale
-    PC model        its top --num_pcs directions and variances against the exact Cov[x | y]:
-                    subspace overlap, captured variance, each variance against the variance
-                    along its direction (sr_pc_train.py on x - m(y), and on x - E[x | y])
-    mean and var    calibration: the share of fresh exact posterior samples within k model std
-                    of the model mean (k = 1, 2, 3)
+    mean model      MSE against E[x | y] (and over the mean posterior variance)
+    variance model  against Var[x | y] and against what it learns, Var + (m - E)^2: relative
+                    var and std errors, the variance ratio; calibration
+    quantile model  each level against the exact per-pixel posterior quantile (in posterior
+                    stds) and its coverage of fresh exact draws; then intervals with a
+                    finite-sample guarantee (RCPS, conformal risk control) over repeated
+                    calibration/test splits, against the exact oracle interval
+    PC model        its top --num_pcs directions against the exact Cov[x | y] (on x - E[x|y]
+                    and on x - m(y))
 
-beside reference lines: bilinear upsampling, N exact posterior samples (the Monte Carlo
-floor) and N ideal-DDPM-SR samples (the testbed's perfect upsampler sampled as the paper
-samples, 250 steps, on --reference_images of the images), and the PCA of both (what N
-samples can see of the covariance). Two ablations train alongside:
-the mean model on 4,000 instead of 40,000 images, the variance model with --last_layer_type
-exp. Writes {out_dir}/results.json, results.md, convergence.png and principal_directions.png;
+beside the reference lines and the baselines each model must beat: bilinear upsampling; the
+closed-form baselines fitted on the same training images (least squares for the mean, the
+y-independent and quadratic variance maps, the pooled PCA of the residuals, the residuals'
+quantiles); N exact posterior samples (the Monte Carlo floor); N ideal-DDPM-SR samples (the
+testbed's perfect upsampler sampled as the paper samples, 250 steps, on --reference_images of
+the images). --ablations trains one mean model per other recipe (the recipe table). Writes
+{out_dir}/results.json, results.md, convergence.png, intervals.png and principal_directions.png;
 every stage resumes.
 
-    python scripts/testbed_study.py                       # about 75 min on 2 cores
-    python scripts/testbed_study.py --out_dir /tmp/tiny --num_train 64 --small_train 32 \\
-        --num_eval 4 --steps 4 --eval_every 2 --reference_images 2 --reference_samples 4 --num_pcs 2
+    python scripts/testbed_study.py                                     # docs/testbed.md says how long
+    python scripts/testbed_study.py --testbed gaussian_scale_mixture --out_dir outputs/testbed_study_gsm
+    python scripts/testbed_study.py --out_dir outputs/recipes --ablations paper,residual,norm8 --seeds 1
+    python scripts/testbed_study.py --out_dir /tmp/tiny --large_size 16 --small_size 4 --num_train 64 \\
+        --num_eval 8 --steps 4 --eval_every 2 --reference_images 2 --reference_samples 4 --num_pcs 2 --seeds 2 \\
+        --calibration_splits 5
 """
 
 import os
-import pickle
 import time
-
-import numpy as np
 
 from runkit import (
     AT_LEAST_ONE,
     AT_LEAST_TWO_SAMPLES,
+    FRACTION,
     NON_NEGATIVE,
-    POSITIVE,
     UserError,
+    check_choice,
+    comma_list,
     create_argparser,
     logger,
     require_writable_dir,
     run_main,
 )
-from runkit.fileio import atomic_write, load_pickle, record_run_flags, save_json
-from studies.testbed_report import crossings, direction_figure, write_report
+from runkit.fileio import record_run_flags, save_json
+from sr_var.quantiles import parse_levels
+from studies.recipes import CHOSEN, RECIPES
+from studies.testbed_report import direction_figure, interval_figure, write_report
 from studies.testbed_run import (
+    FinalModels,
+    baseline_lines,
+    calibration_lines,
+    exact_sample_sets,
+    finished_runs,
     forward_seconds,
-    pc_reference_lines,
+    planned_runs,
     reference_lines,
     score_checkpoints,
     stage,
     study_images,
-    train_wave,
-    training_runs,
+    train_runs,
 )
-from testbed import TESTBED_CHECKS, TESTBED_RULES
+from testbed import TESTBED_CHECKS, TESTBED_KINDS, TESTBED_RULES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+
 def defaults():
-    return dict(out_dir="outputs/testbed_study", large_size=32, small_size=8, length_scale=2.0, num_train=40000,
-                small_train=4000, num_eval=100, steps=1200, eval_every=100, batch_size=16, lr=1e-3,
-                reference_images=24, reference_samples=100, num_pcs=5, seed=0, parallel=True)
+    return dict(out_dir="outputs/testbed_study", testbed="covariance_mixture", large_size=32, small_size=8,
+                length_scale=2.0, num_train=40000, num_eval=100, recipe=CHOSEN, ablations="", seeds=3, steps=2000,
+                eval_every=250, reference_images=24, reference_samples=100, num_pcs=5, quantiles="0.05,0.5,0.95",
+                delta=0.1, calibration_splits=200, seed=0, parallel=True)
 
 
-RULES = dict(TESTBED_RULES, num_train=NON_NEGATIVE, small_train=AT_LEAST_ONE, num_eval=AT_LEAST_ONE, steps=AT_LEAST_ONE,
-             eval_every=AT_LEAST_ONE, batch_size=AT_LEAST_ONE, lr=POSITIVE, reference_images=AT_LEAST_ONE,
-             reference_samples=AT_LEAST_TWO_SAMPLES, num_pcs=AT_LEAST_ONE, seed=NON_NEGATIVE)
+RULES = dict(TESTBED_RULES, num_train=AT_LEAST_ONE, num_eval=AT_LEAST_ONE, seeds=AT_LEAST_ONE, steps=AT_LEAST_ONE,
+             eval_every=AT_LEAST_ONE, reference_images=AT_LEAST_ONE, reference_samples=AT_LEAST_TWO_SAMPLES,
+             num_pcs=NON_NEGATIVE, delta=FRACTION, calibration_splits=AT_LEAST_ONE, seed=NON_NEGATIVE)
+
+
+def check(a):
+    """Everything the flags must satisfy, before anything is written."""
+    check_choice(a.testbed, tuple(TESTBED_KINDS), "testbed")
+    check_choice(a.recipe, tuple(RECIPES), "recipe")
+    a.ablations = comma_list(a.ablations, "ablations", choices=tuple(RECIPES)) if a.ablations else []
+    if len(parse_levels(a.quantiles)) < 2:
+        raise UserError(f"--quantiles {a.quantiles!r}: give at least two levels (an interval's ends)")
+    if a.num_pcs and a.num_pcs >= a.reference_samples:
+        raise UserError(f"--num_pcs {a.num_pcs} should be below --reference_samples {a.reference_samples} "
+                        f"(N samples have at most N - 1 principal components)")
+    if a.eval_every > a.steps:
+        raise UserError(f"--eval_every {a.eval_every} should be at most --steps {a.steps}")
+    if a.reference_images > a.num_eval:
+        raise UserError(f"--reference_images {a.reference_images} should be at most --num_eval {a.num_eval}")
+    if a.num_eval < 4:
+        raise UserError(f"--num_eval {a.num_eval}: the calibration splits need at least 4 images")
 
 
 @run_main
 def main():
-    a = create_argparser(defaults(), rules=RULES, checks=TESTBED_CHECKS,
-                         description=__doc__).parse_args()
-    if a.small_train >= a.num_train:
-        raise UserError(f"--small_train {a.small_train} should be below --num_train {a.num_train}")
-    if not 1 <= a.num_pcs < a.reference_samples:
-        raise UserError(f"--num_pcs {a.num_pcs} should be at least 1 and below --reference_samples "
-                        f"{a.reference_samples} (N samples have at most N - 1 principal components)")
-    if a.eval_every > a.steps:
-        raise UserError(f"--eval_every {a.eval_every} should be at most --steps {a.steps}")
+    a = create_argparser(defaults(), rules=RULES, checks=TESTBED_CHECKS, description=__doc__).parse_args()
+    check(a)
     out = os.path.abspath(a.out_dir)
     require_writable_dir(out, "out_dir")
-    record_run_flags(os.path.join(out, "study_flags.json"), {k: v for k, v in vars(a).items() if k != "parallel"},
-                     "out_dir")
+    # more seeds or ablations add runs to a study; what its runs are is recorded
+    flags = {k: v for k, v in vars(a).items() if k not in ("parallel", "ablations", "seeds", "calibration_splits")}
+    if a.testbed != "gaussian_scale_mixture":
+        del flags["length_scale"]  # the first testbed's parameter
+    record_run_flags(os.path.join(out, "study_flags.json"), flags, "out_dir")
     logger.configure(out, format_strs=("stdout", "log"))
     start = time.time()
 
     data = os.path.join(out, "data")
     if not os.path.exists(os.path.join(data, "testbed.json")):
-        logger.log(f"writing the testbed: {a.num_train} training and {a.num_eval} evaluation images")
-        stage(["scripts/make_testbed.py", "--out_dir", data, "--large_size", str(a.large_size), "--small_size",
-               str(a.small_size), "--length_scale", str(a.length_scale), "--num_train", str(a.num_train),
-               "--num_eval", str(a.num_eval), "--seed", str(a.seed)], ROOT)
-    small_info = os.path.join(data, "train_small_info.pkl")
-    if not os.path.exists(small_info):  # small_train training images drawn at random (all scales), with their classes
-        info = load_pickle(os.path.join(data, "train_data_info.pkl"))
-        everything = sorted((n, s) for s, v in info.items() for n in v["file_names"])
-        picks = np.random.default_rng(a.seed).choice(len(everything), a.small_train, replace=False)
-        subset = {}
-        for name, synset in (everything[i] for i in sorted(picks)):
-            subset.setdefault(synset, {"y": info[synset]["y"], "file_names": []})["file_names"].append(name)
-        atomic_write(small_info, lambda f: pickle.dump(subset, f))
+        logger.log(f"writing the {a.testbed} testbed: {a.num_train} training and {a.num_eval} evaluation images")
+        kind_flags = ["--length_scale", str(a.length_scale)] if a.testbed == "gaussian_scale_mixture" else []
+        stage(["scripts/make_testbed.py", "--kind", a.testbed, "--out_dir", data, "--large_size", str(a.large_size),
+               "--small_size", str(a.small_size), *kind_flags, "--num_train", str(a.num_train), "--num_eval",
+               str(a.num_eval), "--seed", str(a.seed)], ROOT)
 
-    waves = training_runs(a, out)
-    final = f"model{a.steps:06d}.pt"
-    for wave in waves:
-        todo = [(name, args) for name, args in wave
-                if not os.path.exists(os.path.join(out, "checkpoints", name, final))]
-        if todo:
-            logger.log(f"training {', '.join(name for name, _ in todo)} ({a.steps} steps each)")
-            train_wave(todo, a.parallel)
+    runs = planned_runs(a)
+    train_runs(runs, a, out)
     logger.log(f"trainings done ({(time.time() - start) / 60:.1f} min)")
 
+    runs = finished_runs(runs, out, a.steps)
     images = study_images(data, a.large_size, a.small_size)
-    refs = reference_lines(out, data, images, a.reference_images, a.reference_samples, a.seed)
-    refs["pcs"] = pc_reference_lines(out, images, a.reference_samples, a.num_pcs, a.seed,
-                                     refs["ideal_ddpm"]["num_images"])
-    scores = score_checkpoints(out, images, [n for wave in waves for n, _ in wave], a.steps)
-    mean_s, var_s, pc_s = forward_seconds(out, images, a.steps)
-    cost = dict(mean_model_s=mean_s, var_model_s=var_s, pc_model_s=pc_s,
-                ideal_ddpm_s=refs["ideal_ddpm"]["seconds_per_image"])
-    results = dict(config=vars(a), references=refs, scores=scores, cost=cost, wall_time_s=time.time() - start)
-    results["crossings"] = crossings(results)
+    samples = exact_sample_sets(images, a.reference_samples, a.seed)
+    refs = reference_lines(out, data, images, a, samples)
+    refs["baselines"] = baseline_lines(out, data, images, a)
+    models = FinalModels(out, images, runs, a.steps)
+    scores = score_checkpoints(out, images, runs, models)
+    calibration = calibration_lines(out, images, a, models, samples)
+    cost = dict(forward_s=forward_seconds(models), ideal_ddpm_s=refs["ideal_ddpm"]["seconds_per_image"])
+    results = dict(config=vars(a), runs=[dict(name=r.name, kind=r.kind, recipe=r.recipe, seed=r.seed, mean=r.mean)
+                                         for r in runs],
+                   references=refs, scores=scores, calibration=calibration, cost=cost,
+                   train_seconds=_read_times(out), labels=images.labels, wall_time_s=time.time() - start)
     save_json(results, os.path.join(out, "results.json"))
-    direction_figure(out, images, a.steps, os.path.join(out, "principal_directions.png"), count=min(3, a.num_pcs))
+    if a.num_pcs:
+        direction_figure(models, images, os.path.join(out, "principal_directions.png"), count=min(3, a.num_pcs))
+    interval_figure(models, images, parse_levels(a.quantiles), os.path.join(out, "intervals.png"))
     print(write_report(results, out))
+
+
+def _read_times(out):
+    from runkit.fileio import read_json
+
+    path = os.path.join(out, "train_seconds.json")
+    return read_json(path, "out_dir") if os.path.exists(path) else {}
 
 
 if __name__ == "__main__":

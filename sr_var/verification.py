@@ -13,11 +13,13 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from scipy.special import ndtr
 
 from imaging import VAR_SCALE, area_downsample, metrics, to_255, to_float
 from runkit import (
     AT_LEAST_ONE,
     AT_LEAST_TWO_SAMPLES,
+    FRACTION,
     NON_NEGATIVE,
     UserError,
     logger,
@@ -32,6 +34,7 @@ from testbed.scoring import exact_posterior, group_by_component, name_seed  # no
 
 from . import baselines
 from . import principal_components as pcs
+from . import quantiles
 from .data import (
     IMAGE_CHANNELS,
     flatten_data_info,
@@ -41,7 +44,7 @@ from .data import (
     require_image_size,
     resolve_images,
 )
-from .kinds import MEAN, VAR
+from .kinds import MEAN, PC, QUANTILE, VAR
 
 TILE_TITLES = ("ground truth", "DDPM-SR mean", "mean model", "|truth - mean model|", "DDPM-SR std",
                "variance-model std", "exact posterior std")
@@ -66,6 +69,12 @@ def verification_defaults():
         # the PC model's outputs (sr_pc_test.py): "auto" = the step found in the output folder, if any;
         # "none" = skip them
         pc_model_step="auto",
+        # the quantile model's outputs (sr_quantile_test.py), the same way; with them, and with the
+        # variance model and the samples, intervals calibrated with a guarantee (RCPS, conformal risk
+        # control) on half of the images and tested on the other half, over --calibration_splits splits
+        quantile_model_step="auto",
+        interval_delta=0.1,
+        calibration_splits=200,
         # on a testbed, the closed-form baselines (sr_var.baselines) are fitted on these training
         # images: "" = the train_data_info.pkl beside --data_info_dict_path, if there; "none" = skip them
         train_data_info_dict_path="",
@@ -76,7 +85,8 @@ def verification_defaults():
 # One sample has a variance of 0 everywhere: no comparison of variances can be made from it.
 VERIFICATION_RULES = dict(large_size=AT_LEAST_ONE, small_size=AT_LEAST_ONE, num_samples=AT_LEAST_TWO_SAMPLES,
                           mean_model_step=NON_NEGATIVE, var_model_step=NON_NEGATIVE, num_grid_images=NON_NEGATIVE,
-                          max_tensorboard_images=NON_NEGATIVE, baseline_max_images=AT_LEAST_ONE)
+                          max_tensorboard_images=NON_NEGATIVE, baseline_max_images=AT_LEAST_ONE,
+                          interval_delta=FRACTION, calibration_splits=AT_LEAST_ONE)
 
 
 def check_samples(ddpm_dir, file_name, num_samples):
@@ -127,27 +137,60 @@ def model_outputs(output_dir, file_name, mean_step, var_step, size):
     return mean, var
 
 
-def find_pc_step(args, names):
-    """The PC model's step to compare (None: no PC outputs), from --pc_model_step; checked for every image."""
-    step = str(args.pc_model_step)
+def find_output_step(args, names, kind, prefix, path_of, flag):
+    """
+    The step of an optional model's outputs to compare (None: none there), from --{flag}
+    ("auto": the one step found in the output folder; "none": skip), checked for every image.
+    """
+    step = str(getattr(args, flag))
     if step == "none":
         return None
     if step == "auto":
         folder = os.path.join(args.sr_model_output_dir, names[0])
-        found = sorted(f[len("high_res_pcs_"):-len(".npz")] for f in os.listdir(folder)
-                       if f.startswith("high_res_pcs_") and f.endswith(".npz")) if os.path.isdir(folder) else []
+        found = sorted(f[len(prefix):-len(".npz")] for f in os.listdir(folder)
+                       if f.startswith(prefix) and f.endswith(".npz")) if os.path.isdir(folder) else []
         if not found:
             return None
         if len(found) > 1:
-            raise UserError(f"{folder!r} holds PC-model outputs of steps {', '.join(found)}: choose one with "
-                            f"--pc_model_step (or none)")
+            raise UserError(f"{folder!r} holds {kind.title}-model outputs of steps {', '.join(found)}: choose one with "
+                            f"--{flag} (or none)")
         step = found[0]
     for name in names:
-        path = pcs.pcs_path(args.sr_model_output_dir, name, step)
+        path = path_of(args.sr_model_output_dir, name, step)
         if not os.path.exists(path):
-            raise UserError(f"missing PC-model output {path!r}: run sr_pc_test.py with this --output_dir, "
-                            f"or set --pc_model_step (none skips the PC comparison)")
+            raise UserError(f"missing {kind.title}-model output {path!r}: run {kind.stage} with this --output_dir, "
+                            f"or set --{flag} (none skips the comparison)")
     return step
+
+
+def find_pc_step(args, names):
+    return find_output_step(args, names, PC, "high_res_pcs_", pcs.pcs_path, "pc_model_step")
+
+
+def find_quantile_step(args, names):
+    return find_output_step(args, names, QUANTILE, "high_res_quantiles_", quantiles.quantiles_path,
+                            "quantile_model_step")
+
+
+def quantile_metrics(levels, model_q, samples, exact=None, exact_q=None):
+    """
+    The quantile model's levels [L, H, W, C] against the samples' empirical quantiles (the
+    paper-style comparison) and the samples' coverage of each level; on the testbed against the
+    exact quantiles (in posterior stds), beside the empirical quantiles of the N exact samples.
+    """
+    sample_q = np.quantile(samples, levels, axis=0)
+    out = {}
+    for j, tau in enumerate(levels):
+        r = {"vs_samples": float(np.mean(np.abs(model_q[j] - sample_q[j]))),
+             "sample_coverage": float(np.mean(samples <= model_q[j][None]))}
+        if exact is not None:
+            std = np.sqrt(exact["var"])
+            floor_q = np.quantile(exact["mc_samples"], tau, axis=0)
+            r.update(vs_exact=float(np.mean(np.abs(model_q[j] - exact_q[j]) / std)),
+                     samples_vs_exact=float(np.mean(np.abs(sample_q[j] - exact_q[j]) / std)),
+                     mc_floor_vs_exact=float(np.mean(np.abs(floor_q - exact_q[j]) / std)))
+        out[f"{tau:g}"] = r
+    return out
 
 
 def pc_metrics(directions, variances, samples, exact=None, model_mean=None):
@@ -310,6 +353,57 @@ def baseline_training_info(args):
     return path
 
 
+def intervals_of_image(parts, truth, model_mean, model_var, samples, exact, model_quantiles=None):
+    """
+    Collect one image's interval sources (HWC, [0, 255]): the variance model's m +- sigma and the
+    samples' median with their empirical 5% / 95% quantile offsets; or, given `model_quantiles`
+    (levels, [L, H, W, C]), the quantile model's median with its outer levels' offsets.
+    """
+    sources = parts["sources"]
+    if model_quantiles is not None:
+        levels, q = model_quantiles
+        mid = int(np.argmin(np.abs(np.asarray(levels) - 0.5)))
+        sources.setdefault("quantile model", []).append((q[mid], q[mid] - q[0], q[-1] - q[mid]))
+        parts["levels"] = (levels[0], levels[-1])
+        return
+    parts["truth"].append(truth)
+    std = np.sqrt(np.maximum(model_var, 0))
+    sources.setdefault("variance model", []).append((model_mean, std, std))
+    low, median, high = np.quantile(samples, (0.05, 0.5, 0.95), axis=0)
+    sources.setdefault("DDPM-SR samples", []).append((median, median - low, high - median))
+    if exact is not None:
+        low, median, high = np.quantile(exact["mc_samples"], (0.05, 0.5, 0.95), axis=0)
+        sources.setdefault("exact posterior samples", []).append((median, median - low, high - median))
+
+
+def calibrated_intervals(parts, testbed, images, args):
+    """
+    imaging.risk_control.repeated_splits over the images: alpha = 1 - the quantile model's outer
+    levels' span (0.1 without a quantile model, matching the samples' 5% / 95% quantiles); on a
+    testbed with each test image's exact risk, per mixture component.
+    """
+    from imaging import risk_control
+
+    low, high = parts.get("levels", (0.05, 0.95))
+    alpha = 1 - (high - low)
+    sources = {name: tuple(np.stack(a) for a in zip(*rows)) for name, rows in parts["sources"].items()}
+    exact_risk, groups = None, None
+    if testbed is not None:
+        ys = np.stack(parts["y"])
+        ks = [y for _, y in images]
+        groups = {label: [i for i, k in enumerate(ks) if k == kk]
+                  for label, kk in zip(testbed.component_labels, range(testbed.num_components)) if kk in ks}
+
+        def exact_risk(low, high):  # HWC in [0, 255] -> each image's expected share of pixels outside
+            w, means, stds = testbed.pixel_marginals(ys)
+            means, stds = to_255(means), stds * 127.5
+            cdf = lambda v: (w[:, :, None, None, None] * ndtr((np.moveaxis(v, -1, 1)[:, None] - means) / stds)).sum(1)  # noqa: E731
+            return (1 - cdf(high) + cdf(low)).reshape(len(ys), -1).mean(1)
+
+    return risk_control.repeated_splits(np.stack(parts["truth"]), sources, alpha, args.interval_delta,
+                                        args.calibration_splits, seed=0, groups=groups, exact_risk=exact_risk)
+
+
 def verify(args):
     """The body of sr_var_verification.py; returns the results dict (also in results.json)."""
     info = load_data_info(args.data_info_dict_path)
@@ -331,6 +425,11 @@ def verify(args):
         if args.num_samples <= num_pcs:
             raise UserError(f"the PC model gives {num_pcs} components and --num_samples {args.num_samples} samples "
                             f"have at most {args.num_samples - 1}: compare with more samples or --pc_model_step none")
+    quantile_step = find_quantile_step(args, names)
+    if quantile_step is not None:  # each one readable and finite before anything is written
+        for name in names:
+            quantiles.load_quantiles(quantiles.quantiles_path(args.sr_model_output_dir, name, quantile_step),
+                                     args.large_size)
     train_info = baseline_training_info(args) if testbed else None
     if train_info:
         load_data_info(train_info, "train_data_info_dict_path")  # checked before anything is written
@@ -345,6 +444,7 @@ def verify(args):
         logger.log(f"closed-form baselines fitted on {fitted.num_train} training images of {train_info}")
 
     per_image, grid_rows = [], []
+    interval_parts = {"truth": [], "sources": {}, "y": []}  # per image, for the calibrated intervals
     # the grid shows images spread over the list (data infos are ordered by class)
     grid_images = set(np.linspace(0, len(names) - 1, min(args.num_grid_images, len(names))).round().astype(int))
     for i, (name, path) in enumerate(zip(names, paths)):
@@ -362,6 +462,19 @@ def verify(args):
                         for key, value in baselines.estimates(fitted, y).items()}
             baseline["mean"] = to_255(baseline["mean"])
         per_image.append(image_metrics(truth, ddpm_mean, ddpm_var, model_mean, model_var, exact, samples, baseline))
+        intervals_of_image(interval_parts, truth, model_mean, model_var, samples, exact)
+        if quantile_step is not None:
+            levels, model_q, crossing = quantiles.load_quantiles(
+                quantiles.quantiles_path(args.sr_model_output_dir, name, quantile_step), args.large_size)
+            exact_q = None
+            if exact is not None:
+                y = area_downsample(to_float(truth_chw[None]), args.small_size).double().numpy()[0]
+                exact_q = np.moveaxis(to_255(testbed.posterior_quantiles(y, levels)), 1, -1)
+            per_image[-1]["quantiles"] = quantile_metrics(levels, model_q, samples, exact, exact_q)
+            per_image[-1]["quantiles"]["crossing"] = crossing
+            intervals_of_image(interval_parts, None, None, None, None, None, (levels, model_q))
+        if exact is not None:
+            interval_parts["y"].append(area_downsample(to_float(truth_chw[None]), args.small_size).double().numpy()[0])
         if pc_step is not None:
             directions, variances = pcs.load_pcs(pcs.pcs_path(args.sr_model_output_dir, name, pc_step),
                                                  args.large_size)
@@ -379,10 +492,12 @@ def verify(args):
 
     results = metrics.average(per_image)
     results["ci95"] = metrics.bootstrap_interval(per_image)
+    if len(names) >= 4:
+        results["intervals"] = calibrated_intervals(interval_parts, testbed, images, args)
     if testbed:
         results["by_component"] = component_groups(testbed, images, per_image)
     results.update(num_images=len(names), num_samples=args.num_samples, mean_model_step=args.mean_model_step,
-                   var_model_step=args.var_model_step, pc_model_step=pc_step,
+                   var_model_step=args.var_model_step, pc_model_step=pc_step, quantile_model_step=quantile_step,
                    gaussian_coverage=metrics.GAUSSIAN_COVERAGE,
                    units="images in [0, 255], variances in [0, 255]^2",
                    per_image={name: r for name, r in zip(names, per_image)})
@@ -428,6 +543,25 @@ def log_summary(results):
                        f"{r['exact']['var_ratio']['ddpm']:.3f}, {n} exact samples {r['exact']['var_ratio']['mc_floor']:.3f}, "
                        f"variance model {r['exact']['var_ratio']['var_model']:.3f}; relative mean MSE: mean model "
                        f"{r['exact']['mean_model']['rel_mse']:.4f}, floor {r['mc_floor']['mean']['rel_mse']:.4f}")
+    if "quantiles" in results:
+        for tau, r in results["quantiles"].items():
+            if tau == "crossing":
+                continue
+            exact = (f"; vs the exact quantile {r['vs_exact']:.3f} posterior stds (the {n} samples' own "
+                     f"{r['samples_vs_exact']:.3f}, {n} exact samples' {r['mc_floor_vs_exact']:.3f})"
+                     if "vs_exact" in r else "")
+            logger.log(f"quantile model, level {tau}: mean |q - sample quantile| {r['vs_samples']:.3f}, share of "
+                       f"samples below {r['sample_coverage']:.3f}{exact}")
+    for name, src in results.get("intervals", {}).items():
+        if not isinstance(src, dict):
+            continue
+        for method in ("rcps_hb", "crc"):
+            r = src[method]
+            if "realised_risk" in r:
+                exact = f", exact risk {r['exact_risk']:.3f}" if "exact_risk" in r else ""
+                logger.log(f"intervals from the {name}, {method}: lambda {r['lam']:.3f}, test risk "
+                           f"{r['realised_risk']:.3f} (above alpha in {r['exceeds_alpha']:.0%} of the splits), width "
+                           f"{r['width']:.2f}{exact}")
     if "pcs" in results:
         p = results["pcs"]
         logger.log(f"PC model (step {results['pc_model_step']}) vs the PCA of the {n} samples: overlap "

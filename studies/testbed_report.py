@@ -1,40 +1,318 @@
 """
-The testbed study's report (scripts/testbed_study.py): results.md (the tables, where each run
-crosses the reference lines or the projection of its trend), convergence.png and
-principal_directions.png, from the runner's scores (studies.testbed_run).
+The testbed study's report (scripts/testbed_study.py): results.md (each model's row next to
+the baseline it must beat and the Monte Carlo floor, with intervals over images, the spread
+over training seeds, per mixture component; the paired differences; the quantiles and the
+calibrated intervals; the principal components; the recipe table), convergence.png and
+principal_directions.png, from the runner's results (studies.testbed_run).
 """
 
 import os
 
 import numpy as np
 
-from sr_var.kinds import KINDS, MEAN, PC
-from testbed import ExactMeanModel
+from imaging import metrics
+from runkit.fileio import atomic_write
 
-from .testbed_run import model_outputs
+from .recipes import RECIPES
 
 
-def direction_figure(out_dir, images, steps, path, count=3):
+def _get(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _ci(summary, path, fmt):
+    low, high = _get(summary["ci95"], path)
+    return f"[{low:{fmt}}, {high:{fmt}}]"
+
+
+def quantile_levels(summary):
+    """The levels ("0.05", ...) of a quantile summary: its keys that are not bookkeeping."""
+    return [k for k in summary if k not in ("ci95", "by_component", "num_images", "per_image", "step")]
+
+
+def final_rows(results, prefix):
+    """The last checkpoint's scores of the seed runs named {prefix}_s{seed}, in seed order."""
+    scores = results["scores"]
+    return [scores[name][-1] for name in sorted(scores) if name.startswith(f"{prefix}_s") and scores[name]]
+
+
+def seeds_cell(rows, path, fmt):
+    """The seeds' mean and spread (min-max) of a metric, with the first seed's 95% interval over images."""
+    values = [_get(r, path) for r in rows]
+    if len(values) == 1:
+        return f"{values[0]:{fmt}} {_ci(rows[0], path, fmt)}"
+    return (f"{np.mean(values):{fmt}} (seeds {min(values):{fmt}}-{max(values):{fmt}}; seed 0 "
+            f"{_ci(rows[0], path, fmt)})")
+
+
+def by_component(summary, path, fmt):
+    return " / ".join(f"{_get(c, path):{fmt}}" for c in summary["by_component"].values())
+
+
+def paired_cell(a, b, path, fmt=".4f"):
+    """The paired difference a - b of a metric over the same images, with its bootstrap interval."""
+    p = metrics.paired_difference([_get(r, path) for r in a["per_image"]], [_get(r, path) for r in b["per_image"]])
+    return f"{p['difference']:+{fmt}} [{p['ci95'][0]:+{fmt}}, {p['ci95'][1]:+{fmt}}]"
+
+
+def write_report(results, out_dir):
+    """results.md and convergence.png; returns the markdown."""
+    cfg, refs = results["config"], results["references"]
+    base, floor, ideal = refs["baselines"], refs["mc_floor"], refs["ideal_ddpm"]
+    n = floor["num_samples"]
+    labels = results["labels"]
+    recipe = RECIPES[cfg["recipe"]]
+    lines = [f"# Testbed study: {cfg['testbed']}, {cfg['large_size']} px", "",
+             f"{cfg['num_eval']} held-out images, {base['num_train']:,} training images; recipe `{cfg['recipe']}` "
+             f"({recipe.note}), {cfg['steps']} steps, {cfg['seeds']} training seed(s). Components (per-component "
+             f"columns in this order): {'; '.join(labels)}. Relative MSE: the MSE to E[x|y] over the image's mean "
+             f"posterior variance ({n} exact samples: 1/{n} = {1 / n:.3f} plus rounding). Relative std error: mean "
+             f"|s - s*| / s*. Brackets: 95% bootstrap intervals over images; 'seeds a-b': the range over training "
+             f"seeds.", ""]
+
+    # -- the mean
+    mean_rows = final_rows(results, "mean")
+    lines += ["## Mean: E[x|y]", "", "| estimate | relative MSE | MSE | relative MSE by component |", "|---|---|---|---|"]
+    if mean_rows:
+        lines.append(f"| mean model ({len(mean_rows)} seeds) | {seeds_cell(mean_rows, ('rel_mse',), '.4f')} | "
+                     f"{seeds_cell(mean_rows, ('mse',), '.2f')} | {by_component(mean_rows[0], ('rel_mse',), '.4f')} |")
+    for label, r in ((f"least-squares linear map (baseline)", base["mean"]), ("bilinear upsampling", refs["bilinear"]),
+                     (f"**{n} exact posterior samples (floor)**", floor["mean"]),
+                     (f"{n} ideal-DDPM-SR samples, 250 steps ({ideal['num_images']} images)", ideal["mean"])):
+        lines.append(f"| {label} | {r['rel_mse']:.4f} {_ci(r, ('rel_mse',), '.4f')} | {r['mse']:.2f} | "
+                     f"{by_component(r, ('rel_mse',), '.4f')} |")
+    if mean_rows:
+        lines += ["", f"Paired over the {cfg['num_eval']} images (seed 0), relative MSE: mean model - baseline "
+                      f"{paired_cell(mean_rows[0], base['mean'], ('rel_mse',))}; mean model - floor "
+                      f"{paired_cell(mean_rows[0], floor['mean'], ('rel_mse',))}.", ""]
+
+    # -- the variance
+    var_rows = final_rows(results, "var")
+    lines += ["## Variance: Var[x|y]", "",
+              "| estimate | relative std error | variance ratio | ratio by component | rel. std error by component | "
+              "coverage k=1/2/3 |", "|---|---|---|---|---|---|"]
+
+    def cov(c):
+        return f"{c['1']:.3f} / {c['2']:.3f} / {c['3']:.3f}"
+
+    if var_rows:
+        lines.append(f"| variance model ({len(var_rows)} seeds) | "
+                     f"{seeds_cell(var_rows, ('vs_var', 'rel_std_error'), '.4f')} | "
+                     f"{seeds_cell(var_rows, ('var_ratio',), '.3f')} | {by_component(var_rows[0], ('var_ratio',), '.3f')} "
+                     f"| {by_component(var_rows[0], ('vs_var', 'rel_std_error'), '.4f')} | "
+                     f"{cov(var_rows[0]['coverage'])} |")
+        lines.append(f"| variance model vs its target Var + (m-E)^2 | "
+                     f"{seeds_cell(var_rows, ('vs_target', 'rel_std_error'), '.4f')} | "
+                     f"{seeds_cell(var_rows, ('vs_target', 'var_ratio'), '.3f')} | "
+                     f"{by_component(var_rows[0], ('vs_target', 'var_ratio'), '.3f')} | "
+                     f"{by_component(var_rows[0], ('vs_target', 'rel_std_error'), '.4f')} | – |")
+    for label, r in (("y-independent variance map (baseline)", base["var_constant"]),
+                     ("quadratic fit in y of the squared residuals (baseline)", base["var_quadratic"]),
+                     (f"**{n} exact posterior samples (floor)**", floor["var"]),
+                     (f"{n} ideal-DDPM-SR samples, 250 steps ({ideal['num_images']} images)", ideal["var"])):
+        lines.append(f"| {label} | {r['vs_var']['rel_std_error']:.4f} {_ci(r, ('vs_var', 'rel_std_error'), '.4f')} | "
+                     f"{r['var_ratio']:.3f} | {by_component(r, ('var_ratio',), '.3f')} | "
+                     f"{by_component(r, ('vs_var', 'rel_std_error'), '.4f')} | {cov(r['coverage'])} |")
+    lines.append(f"| exact posterior moments | 0 | 1 | – | – | {cov(refs['exact']['coverage'])} |")
+    if var_rows:
+        lines += ["", f"Paired (seed 0), relative std error: variance model - quadratic baseline "
+                      f"{paired_cell(var_rows[0], base['var_quadratic'], ('vs_var', 'rel_std_error'))}; variance "
+                      f"model - floor {paired_cell(var_rows[0], floor['var'], ('vs_var', 'rel_std_error'))}.", ""]
+
+    lines += _quantile_section(results)
+    lines += _calibration_section(results)
+    if cfg["num_pcs"]:
+        lines += _pc_section(results)
+    lines += _recipe_section(results)
+    lines += _cost_section(results)
+    text = "\n".join(lines) + "\n"
+    atomic_write(os.path.join(out_dir, "results.md"), lambda f: f.write(text.encode()))
+    convergence_figure(results, os.path.join(out_dir, "convergence.png"))
+    return text
+
+
+def _quantile_section(results):
+    refs, cfg = results["references"], results["config"]
+    rows = final_rows(results, "quantile")
+    levels = quantile_levels(refs["mc_floor"]["quantile"])
+    n = refs["mc_floor"]["num_samples"]
+    lines = ["## Quantiles", "", "Each level against the exact per-pixel posterior quantile: the mean absolute error "
+             "in posterior standard deviations, and the coverage (the share of fresh exact posterior draws below it; "
+             "tau for a perfect estimate).", "",
+             "| estimate | " + " | ".join(f"tau={t}: error (in stds) | coverage" for t in levels) + " |",
+             "|---|" + "---|---|" * len(levels)]
+
+    def cells(r, seeds=None):
+        out = []
+        for t in levels:
+            err = seeds_cell(seeds, (t, "rel_error"), ".3f") if seeds else f"{r[t]['rel_error']:.3f}"
+            out.append(f"{err} | {r[t]['coverage']:.3f}")
+        return " | ".join(out)
+
+    if rows:
+        lines.append(f"| quantile model ({len(rows)} seeds) | {cells(rows[0], rows)} |")
+    for label, r in (("least-squares map + residual quantiles (baseline)", refs["baselines"]["quantile"]),
+                     (f"**empirical quantiles of {n} exact samples (floor)**", refs["mc_floor"]["quantile"]),
+                     (f"empirical quantiles of {n} ideal-DDPM-SR samples", refs["ideal_ddpm"]["quantile"])):
+        lines.append(f"| {label} | {cells(r)} |")
+    if rows:
+        per = " ; ".join(f"{label}: " + " / ".join(f"{c[t]['rel_error']:.3f}" for t in levels)
+                         for label, c in rows[0]["by_component"].items())
+        lines += ["", f"Quantile model (seed 0) error in stds per component and level ({', '.join(levels)}): {per}.",
+                  ""]
+    return lines
+
+
+def _calibration_section(results):
+    cal = results.get("calibration")
+    if not cal:
+        return []
+    labels = results["labels"]
+    lines = ["## Intervals with a guarantee", "",
+             f"Each source's interval [c - lambda a, c + lambda b] calibrated on half of the {cal['num_images']} "
+             f"images and tested on the other half, over {cal['splits']} random splits; alpha = {cal['alpha']:.2f} "
+             f"(the share of an image's pixels outside), delta = {cal['delta']:.2f}; n counts images. The exact "
+             f"risk is an image's expected share of pixels outside under its exact posterior. The oracle: the exact "
+             f"posterior's own interval [q*(alpha/2), q*(1 - alpha/2)], width {cal['oracle']['width']:.2f} grey "
+             f"levels, exact risk {cal['oracle']['exact_risk']:.3f}.", "",
+             "| source | method | P(test risk > alpha) | test risk | lambda | width | width / oracle | exact risk | "
+             "images with exact risk > alpha | exact risk by component |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, src in cal.items():
+        if not isinstance(src, dict) or "before_calibration" not in src:
+            continue
+        b = src["before_calibration"]
+        lines.append(f"| {name} | none (lambda 1) | – | {b['realised_risk']:.3f} | 1 | {b['width']:.2f} | "
+                     f"{b['width_to_oracle']:.3f} | {b['exact_risk']:.3f} | – | – |")
+        for method, label in (("rcps_hb", "RCPS (Hoeffding-Bentkus)"), ("crc", "conformal risk control")):
+            r = src[method]
+            if "exceeds_alpha" not in r:
+                lines.append(f"| {name} | {label} | no lambda on the grid is safe | – | – | – | – | – | – | – |")
+                continue
+            comp = " / ".join(f"{r['by_group'][lab]['exact_risk']:.3f}" for lab in labels if lab in r["by_group"])
+            lines.append(f"| {name} | {label} | {r['exceeds_alpha']:.3f} | {r['realised_risk']:.3f} | {r['lam']:.3f} | "
+                         f"{r['width']:.2f} | {r['width_to_oracle']:.3f} | {r['exact_risk']:.3f} | "
+                         f"{r['exact_above_alpha']:.3f} | {comp} |")
+    return lines + [""]
+
+
+def _pc_section(results):
+    refs, cfg, scores = results["references"], results["config"], results["scores"]
+    k = cfg["num_pcs"]
+    lines = ["## Posterior principal components", "",
+             f"Top {k} directions against the exact Cov[x|y]: subspace overlap with the exact top {k} and captured "
+             f"variance (sum of w^T Cov w over the sum of the top {k} eigenvalues), pooled [95% CI] and by "
+             f"component.", "", "| estimate | overlap | captured variance | captured by component |",
+             "|---|---|---|---|"]
+    rows = [("PC model on x - E[x|y] (the exact mean as its mean model; seed 0)", scores.get("pc_exact_mean")),
+            ("PC model on x - m(y) (m the seed-0 mean model)", scores.get("pc"))]
+    for label, r in rows:
+        if r:
+            r = r[-1]
+            lines.append(f"| {label} | {r['overlap']:.3f} {_ci(r, ('overlap',), '.3f')} | {r['captured']:.3f} "
+                         f"{_ci(r, ('captured',), '.3f')} | {by_component(r, ('captured',), '.3f')} |")
+    n = refs["mc_floor"]["num_samples"]
+    for label, r in (("pooled PCA of the training residuals (baseline: the same directions for every image)",
+                      refs["baselines"].get("pc")), (f"PCA of {n} exact posterior samples", refs["mc_floor"].get("pc")),
+                     (f"PCA of {n} ideal-DDPM-SR samples", refs["ideal_ddpm"].get("pc"))):
+        if r:
+            lines.append(f"| {label} | {r['overlap']:.3f} {_ci(r, ('overlap',), '.3f')} | {r['captured']:.3f} "
+                         f"{_ci(r, ('captured',), '.3f')} | {by_component(r, ('captured',), '.3f')} |")
+    return lines + [""]
+
+
+def _recipe_section(results):
+    scores, cfg = results["scores"], results["config"]
+    names = [(cfg["recipe"], "mean_s0")] + [(run[5:], run) for run in sorted(scores) if run.startswith("mean@")]
+    names = [(r, run) for r, run in names if scores.get(run)]
+    if len(names) < 2:
+        return []
+    floor = results["references"]["mc_floor"]["mean"]["rel_mse"]
+    base = results["references"]["baselines"]["mean"]["rel_mse"]
+    times = results.get("train_seconds", {})
+    lines = ["## Training recipes of the mean model", "",
+             f"Seed 0 of each, {cfg['steps']} steps; relative MSE to E[x|y] at the end, pooled and by component, "
+             f"and as a multiple of the floor ({floor:.4f}) and of the least-squares baseline ({base:.4f}). Wall "
+             f"time: the training alone, side by side with another on one thread each.", "",
+             "| recipe | what it changes | wall time (min) | relative MSE | by component | x floor | x baseline |",
+             "|---|---|---|---|---|---|---|"]
+    for recipe, run in names:
+        r = scores[run][-1]
+        wall = times.get(run, {}).get("seconds")
+        lines.append(f"| `{recipe}` | {RECIPES[recipe].note} | {'–' if wall is None else f'{wall / 60:.1f}'} | "
+                     f"{r['rel_mse']:.4f} {_ci(r, ('rel_mse',), '.4f')} | {by_component(r, ('rel_mse',), '.4f')} | "
+                     f"{r['rel_mse'] / floor:.2f} | {r['rel_mse'] / base:.2f} |")
+    return lines + [""]
+
+
+def _cost_section(results):
+    cost, refs = results.get("cost", {}), results["references"]
+    n = refs["mc_floor"]["num_samples"]
+    forward = cost.get("forward_s", {})
+    names = {"mean_s0": ("mean model", 1), "var_s0": ("variance model (with its mean model)", 2),
+             "quantile_s0": ("quantile model", 1), "pc": ("PC model (with its mean model)", 2)}
+    lines = ["| per image | network evaluations | seconds on this CPU |", "|---|---|---|"]
+    lines += [f"| {names[k][0]} | {names[k][1]} | {v:.4f} |" for k, v in forward.items() if k in names]
+    if "ideal_ddpm_s" in cost:
+        lines.append(f"| {n} DDPM-SR samples x 250 steps | {n * 250:,} | {cost['ideal_ddpm_s']:.2f} (the testbed's "
+                     f"exact denoiser, not a network) |")
+    return lines
+
+
+def convergence_figure(results, path):
+    """Error against training step (log-log) per kind, every seed, with the floor and the baseline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    refs, scores = results["references"], results["scores"]
+    panels = [("mean", ("rel_mse",), "mean model: relative MSE to E[x|y]", refs["mc_floor"]["mean"],
+               refs["baselines"]["mean"]),
+              ("var", ("vs_var", "rel_std_error"), "variance model: relative std error", refs["mc_floor"]["var"],
+               refs["baselines"]["var_quadratic"]),
+              ("quantile", None, "quantile model: error in stds (middle level)", refs["mc_floor"]["quantile"],
+               refs["baselines"]["quantile"])]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+    for ax, (prefix, path_, title, floor, base) in zip(axes, panels):
+        if path_ is None:  # the middle quantile level
+            levels = quantile_levels(floor)
+            path_ = (levels[len(levels) // 2], "rel_error")
+        for name in sorted(scores):
+            if name.startswith(f"{prefix}_s") or (prefix == "mean" and name.startswith("mean@")):
+                rows = scores[name]
+                ax.plot([r["step"] for r in rows], [_get(r, path_) for r in rows], "o-" if "@" not in name else ".--",
+                        lw=1, ms=3, label=name)
+        ax.axhline(_get(floor, path_), color="black", linestyle="--", label="exact samples (floor)")
+        ax.axhline(_get(base, path_), color="tab:gray", linestyle=":", label="closed-form baseline")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("training step")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=80))
+    plt.close(fig)
+
+
+def direction_figure(models, images, path, count=3):
     """
-    The exact top `count` principal directions of one held-out image (the same for every
-    image on the testbed) beside the final PC models' first `count`: one row each, every
-    direction grey = 0 and scaled to its largest value.
+    The exact top `count` principal directions of one held-out image beside the final PC models'
+    first `count`: one row each, every direction grey = 0 and scaled to its largest value.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    one = images.subset([0])
-    _, mean_model = model_outputs(os.path.join(out_dir, "logs", "mean"),
-                             os.path.join(out_dir, "checkpoints", "mean", f"model{steps:06d}.pt"), MEAN, one)
     exact, _ = images.covariance(0).top(count)
     rows = [("exact Cov[x|y]", exact.reshape(count, *images.uint8.shape[2:], -1))]
-    for run, label, mm in (("pc_exact_mean", "PC model, exact mean", ExactMeanModel(images.testbed)),
-                           ("pc", "PC model, trained mean", mean_model)):
-        (directions, _), _ = model_outputs(os.path.join(out_dir, "logs", run),
-                                      os.path.join(out_dir, "checkpoints", run, f"model{steps:06d}.pt"), PC, one, mm)
-        rows.append((label, np.moveaxis(directions[0, :count], 1, -1)))
+    for run, label in (("pc_exact_mean", "PC model, exact mean"), ("pc", "PC model, trained mean")):
+        if run in models.runs:
+            (directions, _), _ = models.get(models.runs[run])
+            rows.append((label, np.moveaxis(directions[0, :count], 1, -1)))
     fig, axes = plt.subplots(len(rows), count, figsize=(1.6 * count + 1.2, 1.6 * len(rows)), squeeze=False)
     for r, (label, dirs) in enumerate(rows):
         for k in range(count):
@@ -46,205 +324,49 @@ def direction_figure(out_dir, images, steps, path, count=3):
                 axes[r][k].set_title(f"w_{k + 1}", fontsize=9)
         axes[r][0].set_ylabel(label, fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=80))
     plt.close(fig)
 
 
-def crossing(rows, floor, key):
-    """First checkpoint step at or below `floor`; else a power-law fit (error = a * step^b) to the
-    last half of the checkpoints and the step where it would reach the floor (None if not falling)."""
-    steps = np.array([r["step"] for r in rows], dtype=float)
-    errors = np.array([key(r) for r in rows], dtype=float)
-    below = np.nonzero(errors <= floor)[0]
-    if len(below):
-        return {"crossed_at": int(steps[below[0]])}
-    tail = slice(len(rows) // 2, None)
-    if len(steps[tail]) < 2:
-        return {"crossed_at": None, "slope": None, "projected_step": None}
-    slope, intercept = np.polyfit(np.log(steps[tail]), np.log(errors[tail]), 1)
-    falling = slope < -0.01  # flatter than this the projection means nothing
-    projected = float(np.exp((np.log(floor) - intercept) / slope)) if falling else None
-    return {"crossed_at": None, "slope": float(slope), "projected_step": projected}
-
-
-def run_kind(run):
-    """The model kind of a study run: runs are named {kind}[_variant]."""
-    return KINDS[run.split("_")[0]]
-
-
-# kind -> (the reference line's error, a checkpoint's error): the number each run is compared on
-CROSSING_LINES = {
-    "mean": (lambda refs, ref: refs[ref]["mean"]["mse"], lambda r: r["mse"]),
-    "var": (lambda refs, ref: refs[ref]["var"]["vs_var"]["var_error"], lambda r: r["vs_target"]["var_error"]),
-    # the share of the top-K variance left uncaptured, against the PCA of N samples
-    "pc": (lambda refs, ref: 1 - refs["pcs"][ref]["captured"], lambda r: 1 - r["captured"]),
-}
-
-
-def crossings(results):
-    """Where each run meets the N-sample lines (or the trend's projection)."""
-    refs, scores = results["references"], results["scores"]
-    out = {}
-    for run, rows in scores.items():
-        if not rows:
-            continue
-        line, error = CROSSING_LINES[run_kind(run).name]
-        for ref in ("mc_floor", "ideal_ddpm"):
-            out[f"{run} vs {ref}"] = crossing(rows, line(refs, ref), error)
-    return out
-
-
-def write_report(results, out_dir):
-    """results.md (the tables) and convergence.png (error vs step, log-log, with the reference lines)."""
-    refs, scores = results["references"], results["scores"]
-    last = {run: rows[-1] for run, rows in scores.items() if rows}
-    n = refs["mc_floor"]["num_samples"]
-    lines = ["| estimate | step | mean MSE vs E[x\\|y] [95% CI] | PSNR | var error vs Var [95% CI] | std error | "
-             "var error vs Var + (m-E)^2 | variance ratio (by scale) | coverage k=1/2/3 |",
-             "|---|---|---|---|---|---|---|---|---|"]
-
-    def cov(c):
-        return f"{c['1']:.3f} / {c['2']:.3f} / {c['3']:.3f}"
-
-    def ci(summary, *keys):
-        lo, hi = summary["ci95"], summary["ci95"]
-        for k in keys:
-            lo, hi = lo[k], hi[k]
-        return f"[{lo[0]:.3f}, {hi[1]:.3f}]"
-
-    def ratio(r):
-        by = " / ".join(f"{v['var_ratio']:.2f}" for v in r.get("by_component", {}).values())
-        return f"{r['var_ratio']:.3f} ({by})" if by else f"{r['var_ratio']:.3f}"
-
-    cfg = results["config"]
-    rows = [(f"mean model, {cfg['num_train']:,} images", "mean"),
-            (f"mean model, {cfg['small_train']:,} images", "mean_small"),
-            ("variance model, last layer none", "var"), ("variance model, last layer exp", "var_exp")]
-    for label, run in rows:
-        if run not in last:
-            continue
-        r = last[run]
-        if run_kind(run) is MEAN:
-            lines.append(f"| {label} | {r['step']} | {r['mse']:.3f} {ci(r, 'mse')} | {r['psnr']:.2f} | – | – | – | – "
-                         f"| – |")
-        else:
-            lines.append(f"| {label} | {r['step']} | – | – | {r['vs_var']['var_error']:.2f} "
-                         f"{ci(r, 'vs_var', 'var_error')} | {r['vs_var']['std_error']:.3f} | "
-                         f"{r['vs_target']['var_error']:.2f} | {ratio(r)} | {cov(r['coverage'])} |")
-    lines.append(f"| bilinear | – | {refs['bilinear']['mse']:.3f} | {refs['bilinear']['psnr']:.2f} | – | – | – | – "
-                 f"| – |")
-    if "exact" in refs:
-        lines.append(f"| exact posterior moments | – | 0 | – | 0 | 0 | – | 1 | {cov(refs['exact']['coverage'])} |")
-    for key, label in (("mc_floor", f"{n} exact posterior samples (floor)"),
-                       ("ideal_ddpm", f"{n} ideal-DDPM-SR samples, 250 steps")):
-        r = refs[key]
-        lines.append(f"| {label} ({r['num_images'] if 'num_images' in r else cfg['num_eval']} images) | – | "
-                     f"{r['mean']['mse']:.3f} | {r['mean']['psnr']:.2f} | {r['var']['vs_var']['var_error']:.2f} | "
-                     f"{r['var']['vs_var']['std_error']:.3f} | – | {ratio(r['var'])} | {cov(r['var']['coverage'])} |")
-    lines += ["", "Where each training run meets the N-sample lines (the variance model scored against its own "
-              "target, Var + (m-E)^2); when it does not within the budget, the power-law trend of its last half "
-              "of checkpoints and the step where that trend would meet the line:", "",
-              "| run vs line | crossed at step | trend slope (log-log) | projected step |", "|---|---|---|---|"]
-    for name, c in results.get("crossings", {}).items():
-        slope = "–" if c.get("slope") is None else f"{c['slope']:.2f}"
-        proj = "–" if c.get("projected_step") is None else f"{c['projected_step']:,.0f}"
-        lines.append(f"| {name} | {c['crossed_at'] if c['crossed_at'] is not None else 'not yet'} | {slope} | "
-                     f"{proj} |")
-    if "pcs" in refs:
-        lines += _pc_table(results, last)
-    cost = results.get("cost")
-    if cost:
-        lines += ["", "| per image | network evaluations | seconds on this CPU |", "|---|---|---|",
-                  f"| mean model | 1 | {cost['mean_model_s']:.4f} |",
-                  f"| variance model (with its mean model) | 2 | {cost['var_model_s']:.4f} |",
-                  f"| PC model, top {cfg['num_pcs']} (with its mean model) | 2 | {cost['pc_model_s']:.4f} |",
-                  f"| {n} DDPM-SR samples x 250 steps | {n * 250:,} | {cost['ideal_ddpm_s']:.2f} (the testbed's "
-                  f"exact denoiser, not a network) |"]
-    text = "\n".join(lines) + "\n"
-    with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write(text)
-    _figure(results, os.path.join(out_dir, "convergence.png"))
-    return text
-
-
-def _pc_table(results, last):
-    """The principal components: the PC models' last checkpoints and the PCA of N samples, against the exact Cov."""
-    refs, cfg = results["references"]["pcs"], results["config"]
-    k, n = cfg["num_pcs"], refs["mc_floor"]["num_samples"]
-
-    def cells(r, ci=True):
-        band = lambda key: f" [{r['ci95'][key][0]:.3f}, {r['ci95'][key][1]:.3f}]" if ci else ""  # noqa: E731
-        by = " / ".join(f"{v['captured']:.3f}" for v in r.get("by_component", {}).values())
-        return f"{r['overlap']:.3f}{band('overlap')} | {r['captured']:.3f}{band('captured')} ({by})"
-
-    def per_k(d):
-        return " / ".join(f"{d[str(i + 1)]:.2f}" for i in range(k))
-
-    lines = ["", f"Posterior principal components (top {k}) against the exact Cov[x|y]: subspace overlap (mean "
-             f"squared projection onto the exact top {k}), captured variance (sum of w_k^T Cov w_k over the sum of "
-             f"the top {k} eigenvalues; by scale), the model's variance sigma_k^2 over w_k^T Cov w_k and over the "
-             f"exact eigenvalue lambda_k:", "",
-             "| estimate | step | overlap [95% CI] | captured variance [95% CI] (by scale) | captured of its target "
-             "Cov + bb^T | sigma_k^2 / w_k^T Cov w_k | sigma_k^2 / lambda_k |", "|---|---|---|---|---|---|---|"]
-    for run, label in (("pc", "PC model on x - m(y), m the trained mean model"),
-                       ("pc_exact_mean", "PC model on x - E[x|y] (the exact mean as its mean model)")):
-        if run in last:
-            r = last[run]
-            lines.append(f"| {label} | {r['step']} | {cells(r)} | {r['captured_vs_target']:.3f} | "
-                         f"{per_k(r['variance_ratio'])} | {per_k(r['to_eigenvalue'])} |")
-    for key, label in (("mc_floor", f"PCA of {n} exact posterior samples"),
-                       ("ideal_ddpm", f"PCA of {n} ideal-DDPM-SR samples")):
-        r = refs[key]
-        lines.append(f"| {label} ({r.get('num_images', cfg['num_eval'])} images) | – | {cells(r)} | – | – | – |")
-    return lines
-
-
-def _figure(results, path):
+def interval_figure(models, images, levels, path, image=None):
+    """
+    One held-out image's per-pixel intervals along its middle row, in one colour channel: the
+    true image, the exact posterior's quantiles at `levels` (its outer ones shaded), and the
+    final seed-0 quantile model's; beside them the width maps (outer levels) of both.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    refs, scores = results["references"], results["scores"]
-    fig, (ax_mean, ax_var, ax_pc) = plt.subplots(1, 3, figsize=(18, 4.5))
-    cfg = results["config"]
-    for run, label in (("mean", f"mean model, {cfg['num_train']:,} images"),
-                       ("mean_small", f"mean model, {cfg['small_train']:,} images")):
-        rows = scores.get(run, [])
-        ax_mean.plot([r["step"] for r in rows], [r["mse"] for r in rows], "o-", label=label)
-    ax_mean.axhline(refs["bilinear"]["mse"], color="gray", linestyle=":", label="bilinear")
-    ax_mean.axhline(refs["mc_floor"]["mean"]["mse"], color="black", linestyle="--", label="exact samples (floor)")
-    ax_mean.axhline(refs["ideal_ddpm"]["mean"]["mse"], color="tab:red", linestyle="-.", label="ideal DDPM-SR")
-    ax_mean.set_title("mean model: MSE to E[x|y]")
-    for run, label in (("var", "variance model (none)"), ("var_exp", "variance model (exp)")):
-        rows = scores.get(run, [])
-        ax_var.plot([r["step"] for r in rows], [r["vs_var"]["var_error"] for r in rows], "o-", label=f"{label} vs Var")
-        ax_var.plot([r["step"] for r in rows], [r["vs_target"]["var_error"] for r in rows], "s--", mfc="none",
-                    label=f"{label} vs its target")
-    ax_var.axhline(refs["mc_floor"]["var"]["vs_var"]["var_error"], color="black", linestyle="--",
-                   label="exact samples (floor)")
-    ax_var.axhline(refs["ideal_ddpm"]["var"]["vs_var"]["var_error"], color="tab:red", linestyle="-.",
-                   label="ideal DDPM-SR")
-    ax_var.set_title("variance model: var error")
-    for run, label in (("pc", "PC model, trained mean"), ("pc_exact_mean", "PC model, exact mean")):
-        rows = scores.get(run, [])
-        ax_pc.plot([r["step"] for r in rows], [r["captured"] for r in rows], "o-", label=f"{label}: captured")
-        ax_pc.plot([r["step"] for r in rows], [r["overlap"] for r in rows], "s--", mfc="none",
-                   label=f"{label}: overlap")
-    if "pcs" in refs:
-        for key, color, label in (("mc_floor", "black", "PCA of exact samples"),
-                                  ("ideal_ddpm", "tab:red", "PCA of ideal DDPM-SR samples")):
-            ax_pc.axhline(refs["pcs"][key]["captured"], color=color, linestyle="--", label=f"{label}: captured")
-            ax_pc.axhline(refs["pcs"][key]["overlap"], color=color, linestyle=":", label=f"{label}: overlap")
-    ax_pc.set_title(f"principal components (top {results['config'].get('num_pcs', '?')}) vs exact Cov")
-    ax_pc.set_ylim(0, 1)
-    for ax in (ax_mean, ax_var, ax_pc):
-        ax.set_xscale("log")
-        if ax is not ax_pc:
-            ax.set_yscale("log")
-        ax.set_xlabel("training step")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    run = models.runs.get("quantile_s0")
+    if run is None:
+        return
+    i = int(np.argmax([np.mean(v) for v in images.exact_var])) if image is None else image
+    (q, _), _ = models.get(run)
+    model_q = q[i]  # [L, C, H, W]
+    exact_q = images.exact_quantiles(levels)[:, i]
+    truth = images.uint8[i].double().numpy()
+    row, channel = truth.shape[-2] // 2, 0
+    x = np.arange(truth.shape[-1])
+    fig, (ax, ax_exact, ax_model) = plt.subplots(1, 3, figsize=(13, 3.6), gridspec_kw={"width_ratios": [2.2, 1, 1]})
+    ax.fill_between(x, exact_q[0, channel, row], exact_q[-1, channel, row], color="tab:blue", alpha=0.25,
+                    label=f"exact {levels[0]:g}-{levels[-1]:g}")
+    ax.plot(x, exact_q[len(levels) // 2, channel, row], color="tab:blue", label=f"exact {levels[len(levels) // 2]:g}")
+    for j, style in ((0, "--"), (len(levels) // 2, "-"), (len(levels) - 1, "--")):
+        ax.plot(x, model_q[j, channel, row], style, color="tab:orange", label=f"model {levels[j]:g}")
+    ax.plot(x, truth[channel, row], "k.", label="true image")
+    ax.set_xlabel("column (middle row, red channel)")
+    ax.set_ylabel("grey level")
+    ax.set_title(f"{images.names[i]}: per-pixel posterior quantiles")
+    ax.legend(fontsize=7, ncol=2)
+    vmax = max((exact_q[-1] - exact_q[0]).max(), (model_q[-1] - model_q[0]).max())
+    for a, width, title in ((ax_exact, exact_q[-1] - exact_q[0], "exact width"),
+                            (ax_model, model_q[-1] - model_q[0], "quantile model's width")):
+        im = a.imshow(width.mean(0), vmin=0, vmax=vmax, cmap="viridis")
+        a.set_title(f"{title} ({levels[0]:g}-{levels[-1]:g})", fontsize=9)
+        a.set_xticks([])
+        a.set_yticks([])
+    fig.colorbar(im, ax=[ax_exact, ax_model], shrink=0.8, label="grey levels")
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=80))
     plt.close(fig)

@@ -1,36 +1,49 @@
 """
 The testbed study's runner (scripts/testbed_study.py): the trainings (by the stage scripts
-themselves, in waves), then every checkpoint of every run scored against the exact posterior
-by testbed.scoring, and the reference lines (bilinear, N exact posterior samples, N
-ideal-DDPM-SR samples, and the PCA of both). Every score is cached as JSON, so a rerun
-continues.
+themselves, queued two at a time), then every checkpoint of every run scored against the
+exact posterior by testbed.scoring, the reference lines (bilinear; the closed-form baselines
+fitted on the training images; N exact posterior samples; N ideal-DDPM-SR samples; the PCA
+and empirical quantiles of both), and the calibrated intervals. Every score is cached as JSON
+(with its per-image values, for paired comparisons and seeds), so a rerun continues.
 """
 
+import dataclasses
 import os
 import sys
 import time
 
 import numpy as np
 
-from imaging import to_255
+from imaging import VAR_SCALE, to_255
 from runkit import logger
-from runkit.fileio import cached_json, load_model_weights, load_pickle, save_pickle
-from runkit.run import run_children
+from runkit.fileio import cached_json, load_model_weights, load_pickle, read_json, save_json, save_pickle
+from runkit.run import Job, run_children, run_queue
 from runkit.training import list_checkpoints, parse_resume_step_from_filename
+from sr_var import baselines
 from sr_var.data import flatten_data_info, load_all_images, load_data_info, resolve_images
-from sr_var.kinds import KINDS, MEAN, PC, VAR
+from sr_var.kinds import KINDS, MEAN, PC, QUANTILE, VAR
 from sr_var.networks import MEAN_FLAG_NAMES
+from sr_var.quantiles import parse_levels
 from sr_var.verification import ddpm_ground_truth
 from testbed import ExactMeanModel, load_testbed, quantize
 from testbed.scoring import (
     ExactScorer,
+    interval_scores,
     mean_scores,
     pc_scores,
+    quantile_scores,
     sample_moments,
     sample_pcs_chw,
+    sample_quantiles,
     summarize,
     var_scores,
 )
+
+from .recipes import RECIPES
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = {"mean": "sr_mean_train.py", "var": "sr_var_train.py", "pc": "sr_pc_train.py",
+           "quantile": "sr_quantile_train.py"}
 
 
 def study_images(data_dir, large_size, small_size):
@@ -43,166 +56,99 @@ def study_images(data_dir, large_size, small_size):
 
 
 def reference_indices(images, count):
-    """The `count` study images of the ideal-DDPM-SR reference, spread over the list (which is ordered by scale)."""
+    """The `count` study images of the ideal-DDPM-SR reference, spread over the list (which is ordered by component)."""
     return np.linspace(0, len(images.names) - 1, count).round().astype(int)
 
 
-def pc_reference_lines(out_dir, images, num_samples, num_pcs, seed, count):
+# -- the runs ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One training: its name (its folders), kind, recipe, seed, and the mean run it needs ("exact": the testbed's)."""
+
+    name: str
+    kind: str
+    recipe: str
+    seed: int
+    mean: str = ""
+
+    @property
+    def weights_of(self):
+        return RECIPES[self.recipe].weights
+
+
+def planned_runs(a):
     """
-    The PCA of the N exact posterior samples (the same draws as reference_lines) and of the
-    ideal-DDPM-SR samples of the `count` reference images.
+    The study's trainings: the chosen recipe's mean, variance and quantile models for each of
+    --seeds seeds (each variance model on its own seed's mean model), the PC model on x - E[x|y]
+    and on x - m(y) (seed 0), and one mean model per recipe of --ablations (seed 0).
     """
-    return cached_json(os.path.join(out_dir, f"pc_references_{num_pcs}.json"),
-                       lambda: _pc_reference_lines(out_dir, images, num_samples, num_pcs, seed, count))
+    # in the order they are queued: the mean models first (the others wait for them)
+    runs = [Run(f"mean_s{s}", "mean", a.recipe, s) for s in range(a.seeds)]
+    runs += [Run(f"mean@{r}", "mean", r, 0) for r in a.ablations if r != a.recipe]
+    for s in range(a.seeds):
+        runs += [Run(f"var_s{s}", "var", a.recipe, s, f"mean_s{s}"), Run(f"quantile_s{s}", "quantile", a.recipe, s)]
+    if a.num_pcs:
+        runs += [Run("pc_exact_mean", "pc", a.recipe, 0, "exact"), Run("pc", "pc", a.recipe, 0, "mean_s0")]
+    return runs
 
 
-def _pc_reference_lines(out_dir, images, num_samples, num_pcs, seed, count):
-    tb, ks, labels = images.testbed, images.ks, images.labels
-    rng = np.random.default_rng(seed + 1)
-    mc = np.stack([sample_pcs_chw(quantize(tb.sample_posterior(yi, num_samples, rng)).astype(np.float64), num_pcs)
-                   for yi in images.y])
-    refs = {"mc_floor": {**summarize(pc_scores(images, None, mc, None), ks, labels), "num_samples": num_samples}}
-    idx = reference_indices(images, count)
-    ddpm = np.stack([sample_pcs_chw(np.moveaxis(ddpm_ground_truth(os.path.join(out_dir, "ideal_ddpm"), images.names[i],
-                                                               num_samples)[2], -1, -3), num_pcs) for i in idx])
-    refs["ideal_ddpm"] = {**summarize(pc_scores(images, None, ddpm, None, idx), [ks[i] for i in idx], labels),
-                          "num_images": int(len(idx)), "num_samples": num_samples}
-    return refs
+def finished_runs(runs, out, steps):
+    """The planned runs, and the ablations and seeds an earlier call trained into this folder (they stay in the report)."""
+    names = {run.name for run in runs}
+    folder = os.path.join(out, "checkpoints")
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if name in names or not os.path.exists(os.path.join(folder, name, f"model{steps:06d}.pt")):
+            continue
+        if name.startswith("mean@") and name[5:] in RECIPES:
+            runs.append(Run(name, "mean", name[5:], 0))
+    return runs
 
 
-def reference_lines(out_dir, data_dir, images, reference_images, num_samples, seed):
-    """Bilinear, num_samples exact posterior samples, and num_samples ideal-DDPM-SR samples (a subset)."""
-    return cached_json(os.path.join(out_dir, "references.json"),
-                       lambda: _reference_lines(out_dir, data_dir, images, reference_images, num_samples, seed))
+def training_job(run, a, out):
+    """The stage command of a run, as a user would type it."""
+    recipe = RECIPES[run.recipe]
+    args = [SCRIPTS[run.kind], *recipe.flags(run.kind), "--use_fp16", "False", "--large_size", str(a.large_size),
+            "--small_size", str(a.small_size), "--data_dir", f"{out}/data/images",
+            "--data_info_dict_path", f"{out}/data/train_data_info.pkl", "--lr_anneal_steps", str(a.steps),
+            "--max_step", str(a.steps), "--save_interval", str(a.eval_every), "--log_interval", "50",
+            "--resume_checkpoint", "latest", "--num_workers", "0", "--seed", str(a.seed + run.seed),
+            "--random_flip", "False", "--log_dir", f"{out}/logs/{run.name}", "--model_save_dir",
+            f"{out}/checkpoints/{run.name}"]
+    if run.kind == "var":
+        args += ["--last_layer_type", "none"]
+    if run.kind == "pc":
+        args += ["--num_pcs", str(a.num_pcs)]
+    if run.kind == "quantile":
+        args += ["--quantiles", a.quantiles]
+    if run.mean == "exact":
+        args += ["--mean_model_path", f"{out}/data/testbed.json"]
+    elif run.mean:
+        mean = RECIPES[run.recipe].weights(a.steps)
+        args += ["--mean_model_path", f"{out}/checkpoints/{run.mean}/{mean}",
+                 "--mean_model_args_path", f"{out}/logs/{run.mean}/mean_model_args.pkl"]
+    return Job(run.name, _command(args), needs=(run.mean,) if run.mean and run.mean != "exact" else (),
+               name=f"training {run.name}")
 
 
-def _reference_lines(out_dir, data_dir, images, reference_images, num_samples, seed):
-    tb, ks, labels = images.testbed, images.ks, images.labels
-    bilinear = to_255(images.low_res_up.double().numpy())
-    refs = {"bilinear": summarize(mean_scores(images, bilinear))}
-    # the calibration a perfect model would show: fresh samples within k exact std of the exact mean
-    refs["exact"] = summarize(var_scores(images, images.exact_mean, images.exact_var))
-    # N exact posterior samples, stored as uint8 like the teacher's
-    rng = np.random.default_rng(seed + 1)
-    moments = [sample_moments(quantize(tb.sample_posterior(yi, num_samples, rng)).astype(np.float64))
-               for yi in images.y]
-    mc_mean, mc_var = (np.stack(m) for m in zip(*moments))
-    refs["mc_floor"] = {"mean": summarize(mean_scores(images, mc_mean)),
-                        "var": summarize(var_scores(images, mc_mean, mc_var), ks, labels), "num_samples": num_samples}
-    refs["ideal_ddpm"] = _ideal_ddpm_reference(out_dir, data_dir, images, reference_images, num_samples, seed)
-    return refs
-
-
-def _ideal_ddpm_reference(out_dir, data_dir, images, count, num_samples, seed):
-    """ddpm_sr_sample.py with the ideal teacher (250 steps, the paper's protocol) on the first `count` images."""
-    idx = reference_indices(images, count)
-    subset = {}
-    for i in idx:
-        subset.setdefault(f"gsm{images.ks[i]}", {"y": images.ks[i], "file_names": []})["file_names"].append(
-            images.names[i])
-    info_path = os.path.join(out_dir, "reference_images.pkl")
-    save_pickle(subset, info_path)
-    p = images.testbed.params
-    args = ["ddpm_sr_sample.py", "--large_size", str(p.large_size),
-            "--small_size", str(p.small_size), "--class_cond", "True", "--learn_sigma", "True", "--diffusion_steps",
-            "1000", "--noise_schedule", "linear", "--timestep_respacing", "250", "--data_dir",
-            os.path.join(data_dir, "images"), "--model_path", os.path.join(data_dir, "testbed.json"),
-            "--to_sample_images_dict_path", info_path, "--num_samples_per_image", str(num_samples),
-            "--batch_size", str(min(num_samples, 100)), "--output_dir", os.path.join(out_dir, "ideal_ddpm"),
-            "--seed", str(seed)]
-    logger.log(f"ideal DDPM-SR reference: {count} images x {num_samples} samples x 250 steps")
-    start = time.time()
-    stage(args, ROOT)
-    seconds_per_image = (time.time() - start) / count
-    means, variances = [], []
-    for i in idx:  # the verification's own samples, HWC -> CHW like the exact moments here
-        _, _, samples = ddpm_ground_truth(os.path.join(out_dir, "ideal_ddpm"), images.names[i], num_samples)
-        mean, var = sample_moments(np.moveaxis(samples, -1, 1))
-        means.append(mean)
-        variances.append(var)
-    sub = images.subset(idx)
-    return {"mean": summarize(mean_scores(sub, np.stack(means))),
-            "var": summarize(var_scores(sub, np.stack(means), np.stack(variances)), sub.ks, sub.labels),
-            "num_images": int(len(idx)), "num_samples": num_samples, "seconds_per_image": seconds_per_image}
-
-
-def model_outputs(run_dir_logs, checkpoint, kind, images, mean_model=None, model=None):
-    """A model's outputs on every study image in [0, 255] units (kind.in_255), and the model."""
-    if model is None:
-        args = load_pickle(os.path.join(run_dir_logs, kind.args_pickle))
-        model = kind.build(args)
-        load_model_weights(model, checkpoint, "model_path", MEAN_FLAG_NAMES)
-        model.eval()
-    outs = [kind.in_255(kind.predict(model, images.low_res_up[i:i + 50], mean_model)[0])
-            for i in range(0, len(images.low_res_up), 50)]
-    if isinstance(outs[0], tuple):  # (directions [N, K, C, H, W], variances [N, K])
-        return tuple(np.concatenate(parts) for parts in zip(*outs)), model
-    return np.concatenate(outs), model
-
-
-# kind name -> the summary of a kind's outputs against the exact posterior
-SCORERS = {
-    "mean": lambda images, mean, out: summarize(mean_scores(images, out)),
-    "var": lambda images, mean, out: summarize(var_scores(images, mean, out), images.ks, images.labels),
-    "pc": lambda images, mean, out: summarize(pc_scores(images, mean, *out), images.ks, images.labels),
-}
-
-
-def forward_seconds(out_dir, images, steps):
-    """Seconds per image of one forward pass of the final mean model, and of the variance and PC models with it."""
-    def timed(fn):
-        fn()  # warm-up
-        start = time.perf_counter()
-        fn()
-        return (time.perf_counter() - start) / len(images.low_res_up)
-
-    mean_ckpt = os.path.join(out_dir, "checkpoints", "mean", f"model{steps:06d}.pt")
-    _, mean_model = model_outputs(os.path.join(out_dir, "logs", "mean"), mean_ckpt, MEAN, images)
-    var_ckpt = os.path.join(out_dir, "checkpoints", "var", f"model{steps:06d}.pt")
-    mean_s = timed(lambda: model_outputs(os.path.join(out_dir, "logs", "mean"), mean_ckpt, MEAN, images,
-                                         model=mean_model))
-    _, var_model = model_outputs(os.path.join(out_dir, "logs", "var"), var_ckpt, VAR, images, mean_model)
-    var_s = timed(lambda: model_outputs(os.path.join(out_dir, "logs", "var"), var_ckpt, VAR, images, mean_model,
-                                   model=var_model))
-    pc_ckpt = os.path.join(out_dir, "checkpoints", "pc", f"model{steps:06d}.pt")
-    _, pc_model = model_outputs(os.path.join(out_dir, "logs", "pc"), pc_ckpt, PC, images, mean_model)
-    pc_s = timed(lambda: model_outputs(os.path.join(out_dir, "logs", "pc"), pc_ckpt, PC, images, mean_model,
-                                  model=pc_model))
-    return mean_s, var_s, pc_s
-
-
-def score_checkpoints(out_dir, images, runs, steps):
-    """Every checkpoint of every run, scored (cached in {out_dir}/scores/{run}/{step}.json)."""
-    scores = {}
-    final_mean_model, final_mean = None, None
-    for run in runs:
-        kind = KINDS[run.split("_")[0]]  # runs are named {kind}[_variant] (testbed_report.run_kind)
-        ckpt_dir, log_dir = os.path.join(out_dir, "checkpoints", run), os.path.join(out_dir, "logs", run)
-        if kind.needs_mean_model and final_mean_model is None:
-            final_mean, final_mean_model = model_outputs(os.path.join(out_dir, "logs", "mean"),
-                                                    os.path.join(out_dir, "checkpoints", "mean",
-                                                                 f"model{steps:06d}.pt"), MEAN, images)
-        run_mean, run_mean_model = final_mean, final_mean_model
-        if run.endswith("exact_mean"):  # trained on x - E[x | y]: the testbed's exact mean as its mean model
-            run_mean, run_mean_model = images.exact_mean, ExactMeanModel(images.testbed)
-        scores[run] = []
-        for name in list_checkpoints(ckpt_dir):
-            step = parse_resume_step_from_filename(name)
-            path = os.path.join(out_dir, "scores", run, f"{step:06d}.json")
-
-            def score():
-                out, _ = model_outputs(log_dir, os.path.join(ckpt_dir, name), kind, images, run_mean_model)
-                return dict(step=step, **SCORERS[kind.name](images, run_mean, out))
-
-            scores[run].append(cached_json(path, score))
-    return scores
-
-
-# -- the trainings, run by the stage scripts themselves ---------------------------------------
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODEL_FLAGS = ("--attention_resolutions 16,8 --model_channels 32 --num_heads 4 --num_res_blocks 1 "
-               "--resblock_updown True --use_fp16 False --channel_mult 1,2,2").split()
+def train_runs(runs, a, out):
+    """Train what is not finished, two at a time on one thread each (--parallel) or one at a time; the wall time of each."""
+    final = lambda run: os.path.join(out, "checkpoints", run.name, f"model{a.steps:06d}.pt")  # noqa: E731
+    todo = [run for run in runs if not os.path.exists(final(run))]
+    if not todo:
+        return
+    logger.log(f"training {', '.join(run.name for run in todo)} ({a.steps} steps each)")
+    slots = 2 if a.parallel else 1
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1" if slots > 1 else str(os.cpu_count() or 1))
+    jobs = [training_job(run, a, out) for run in todo]
+    finished = {j.key for j in jobs}
+    for job in jobs:  # a mean run finished earlier is no job to wait for
+        job.needs = tuple(n for n in job.needs if n in finished)
+    done = run_queue(jobs, slots, ROOT, env)
+    times_path = os.path.join(out, "train_seconds.json")
+    times = read_json(times_path, "out_dir") if os.path.exists(times_path) else {}
+    times.update({key: {"seconds": d["seconds"], "side_by_side": slots} for key, d in done.items()})
+    save_json(times, times_path)
 
 
 def stage(args, cwd, env=None):
@@ -214,34 +160,219 @@ def _command(args):
     return [sys.executable, os.path.join(ROOT, args[0]), *args[1:]]
 
 
-def training_runs(a, out):
-    """The trainings in three waves: (name, [script, flags]); the variance and PC runs need the main mean run."""
-    sizes = ["--large_size", str(a.large_size), "--small_size", str(a.small_size)]
-    common = [*MODEL_FLAGS, *sizes, "--data_dir", f"{out}/data/images", "--batch_size", str(a.batch_size),
-              "--lr", str(a.lr), "--lr_anneal_steps", str(a.steps), "--max_step", str(a.steps),
-              "--save_interval", str(a.eval_every), "--log_interval", "50", "--resume_checkpoint", "latest",
-              "--num_workers", "0", "--seed", str(a.seed)]
-    mean_run = ["--mean_model_path", f"{out}/checkpoints/mean/model{a.steps:06d}.pt",
-                "--mean_model_args_path", f"{out}/logs/mean/mean_model_args.pkl"]
-    first = [("mean", "sr_mean_train.py", ["--data_info_dict_path", f"{out}/data/train_data_info.pkl"]),
-             ("mean_small", "sr_mean_train.py", ["--data_info_dict_path", f"{out}/data/train_small_info.pkl"])]
-    second = [("var", "sr_var_train.py", ["--data_info_dict_path", f"{out}/data/train_data_info.pkl",
-                                          "--last_layer_type", "none", *mean_run]),
-              ("var_exp", "sr_var_train.py", ["--data_info_dict_path", f"{out}/data/train_data_info.pkl",
-                                              "--last_layer_type", "exp", *mean_run])]
-    pc = ["--data_info_dict_path", f"{out}/data/train_data_info.pkl", "--num_pcs", str(a.num_pcs)]
-    third = [("pc", "sr_pc_train.py", [*pc, *mean_run]),  # on x - m(y), m the trained mean model
-             ("pc_exact_mean", "sr_pc_train.py", [*pc, "--mean_model_path", f"{out}/data/testbed.json"])]
-    full = lambda runs: [(n, [s, *common, *extra, "--log_dir", f"{out}/logs/{n}",  # noqa: E731
-                              "--model_save_dir", f"{out}/checkpoints/{n}"]) for n, s, extra in runs]
-    return full(first), full(second), full(third)
+# -- model outputs and their scores ------------------------------------------------------------
+
+def model_outputs(run_dir_logs, checkpoint, kind, images, mean_model=None, model=None):
+    """A model's outputs on every study image in [0, 255] units (kind.in_255), and the model."""
+    if model is None:
+        args = load_pickle(os.path.join(run_dir_logs, kind.args_pickle))
+        model = kind.build(args)
+        load_model_weights(model, checkpoint, "model_path", MEAN_FLAG_NAMES)
+        model.eval()
+    outs = [kind.in_255(kind.predict(model, images.low_res_up[i:i + 50], mean_model)[0])
+            for i in range(0, len(images.low_res_up), 50)]
+    if isinstance(outs[0], tuple):  # (directions, variances) of a PC model; (quantiles, levels) of a quantile model
+        if kind is QUANTILE:
+            return (np.concatenate([o[0] for o in outs]), outs[0][1]), model
+        return tuple(np.concatenate(parts) for parts in zip(*outs)), model
+    return np.concatenate(outs), model
 
 
-def train_wave(runs, parallel):
-    """Train the runs of one wave: side by side on one thread each, or one after the other."""
-    if not parallel:
-        for _, args in runs:
-            stage(args, ROOT)
-        return
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1" if len(runs) > 1 else str(os.cpu_count() or 1))
-    run_children([_command(args) for _, args in runs], ROOT, env, names=[f"training {name}" for name, _ in runs])
+def score(kind, images, mean, out):
+    """A kind's outputs against the exact posterior: per image, and summarised pooled and per component."""
+    if kind is MEAN:
+        per_image = mean_scores(images, out)
+    elif kind is VAR:
+        per_image = var_scores(images, mean, out)
+    elif kind is PC:
+        per_image = pc_scores(images, mean, *out)
+    else:  # quantiles [N, L, C, H, W] -> [L, N, ...]
+        quantiles, levels = out
+        per_image = quantile_scores(images, levels, np.moveaxis(quantiles, 1, 0))
+    return dict(**summarize(per_image, images.ks, images.labels), per_image=per_image)
+
+
+class FinalModels:
+    """The runs' final models and their outputs on the study images, loaded once each."""
+
+    def __init__(self, out, images, runs, steps):
+        self.out, self.images, self.steps = out, images, steps
+        self.runs = {run.name: run for run in runs}
+        self._cache = {}
+
+    def path(self, run, step=None):
+        return os.path.join(self.out, "checkpoints", run.name, run.weights_of(self.steps if step is None else step))
+
+    def mean_of(self, run):
+        """(mean outputs, mean model) that a run is conditioned on: its mean run's final model, or the exact mean."""
+        if run.mean == "exact":
+            return self.images.exact_mean, ExactMeanModel(self.images.testbed)
+        if not run.mean:
+            return None, None
+        return self.get(self.runs[run.mean])
+
+    def get(self, run):
+        if run.name not in self._cache:
+            _, mean_model = self.mean_of(run)
+            self._cache[run.name] = model_outputs(os.path.join(self.out, "logs", run.name), self.path(run),
+                                                  KINDS[run.kind], self.images, mean_model)
+        return self._cache[run.name]
+
+
+def score_checkpoints(out, images, runs, models):
+    """Every checkpoint of every run, scored (cached in {out}/scores/{run}/{step}.json)."""
+    scores = {}
+    for run in runs:
+        kind = KINDS[run.kind]
+        mean, mean_model = models.mean_of(run)
+        scores[run.name] = []
+        for name in list_checkpoints(os.path.join(out, "checkpoints", run.name)):
+            step = parse_resume_step_from_filename(name)
+
+            def compute():
+                outs, _ = model_outputs(os.path.join(out, "logs", run.name), models.path(run, step), kind, images,
+                                        mean_model)
+                return dict(step=step, **score(kind, images, mean, outs))
+
+            scores[run.name].append(cached_json(os.path.join(out, "scores", run.name, f"{step:06d}.json"), compute))
+    return scores
+
+
+# -- reference lines ---------------------------------------------------------------------------
+
+def exact_sample_sets(images, num_samples, seed):
+    """N exact posterior samples per image, stored as uint8 as a sampler stores them: [N_images, N, C, H, W] float64."""
+    rng = np.random.default_rng(seed + 1)
+    return np.stack([quantize(images.testbed.sample_posterior(y, num_samples, rng)).astype(np.float64)
+                     for y in images.y])
+
+
+def sample_references(images, samples, levels, num_pcs):
+    """N samples per image as estimates: their moments, empirical quantiles and PCA, each scored."""
+    moments = [sample_moments(s) for s in samples]
+    mean, var = (np.stack(m) for m in zip(*moments))
+    quantiles = np.stack([sample_quantiles(s, levels) for s in samples], axis=1)
+    refs = {"mean": score(MEAN, images, None, mean), "var": score(VAR, images, mean, var),
+            "quantile": score(QUANTILE, images, None, (np.moveaxis(quantiles, 0, 1), levels))}
+    if num_pcs:
+        pcs = np.stack([sample_pcs_chw(s, num_pcs) for s in samples])
+        refs["pc"] = dict(**summarize(pc_scores(images, None, pcs, None), images.ks, images.labels))
+    return refs
+
+
+def reference_lines(out, data, images, a, samples):
+    """Bilinear, the exact moments, N exact posterior samples (the floor) and N ideal-DDPM-SR samples (a subset)."""
+    def compute():
+        levels = parse_levels(a.quantiles)
+        refs = {"bilinear": score(MEAN, images, None, to_255(images.low_res_up.double().numpy()))}
+        # the calibration a perfect model would show: fresh samples within k exact std of the exact mean
+        refs["exact"] = score(VAR, images, images.exact_mean, images.exact_var)
+        refs["mc_floor"] = {**sample_references(images, samples, levels, a.num_pcs),
+                            "num_samples": a.reference_samples}
+        refs["ideal_ddpm"] = _ideal_ddpm_reference(out, data, images, a, levels)
+        return refs
+
+    return cached_json(os.path.join(out, "references.json"), compute)
+
+
+def _ideal_ddpm_reference(out, data_dir, images, a, levels):
+    """ddpm_sr_sample.py with the ideal teacher (250 steps, the paper's protocol) on --reference_images of the images."""
+    idx = reference_indices(images, a.reference_images)
+    subset = {}
+    for i in idx:
+        subset.setdefault(f"k{images.ks[i]}", {"y": images.ks[i], "file_names": []})["file_names"].append(
+            images.names[i])
+    info_path = os.path.join(out, "reference_images.pkl")
+    save_pickle(subset, info_path)
+    p = images.testbed.params
+    args = ["ddpm_sr_sample.py", "--large_size", str(p.large_size), "--small_size", str(p.small_size),
+            "--class_cond", "False", "--learn_sigma", "True", "--diffusion_steps", "1000", "--noise_schedule",
+            "linear", "--timestep_respacing", "250", "--data_dir", os.path.join(data_dir, "images"),
+            "--model_path", os.path.join(data_dir, "testbed.json"), "--to_sample_images_dict_path", info_path,
+            "--num_samples_per_image", str(a.reference_samples), "--batch_size", str(min(a.reference_samples, 100)),
+            "--output_dir", os.path.join(out, "ideal_ddpm"), "--seed", str(a.seed)]
+    logger.log(f"ideal DDPM-SR reference: {len(idx)} images x {a.reference_samples} samples x 250 steps")
+    start = time.time()
+    stage(args, ROOT)
+    seconds_per_image = (time.time() - start) / len(idx)
+    samples = np.stack([np.moveaxis(ddpm_ground_truth(os.path.join(out, "ideal_ddpm"), images.names[i],
+                                                      a.reference_samples)[2], -1, 1) for i in idx])
+    return {**sample_references(images.subset(idx), samples, levels, a.num_pcs),
+            "indices": [int(i) for i in idx], "num_images": int(len(idx)), "num_samples": a.reference_samples,
+            "seconds_per_image": seconds_per_image}
+
+
+def baseline_lines(out, data, images, a):
+    """The closed-form baselines fitted on the training images, scored as the models are."""
+    def compute():
+        fitted = baselines.fit_on_image_folder(os.path.join(data, "images"), os.path.join(data, "train_data_info.pkl"),
+                                               a.large_size, a.small_size, max_images=a.num_train, num_pcs=a.num_pcs
+                                               or 1)
+        y = images.y
+        mean = to_255(fitted.mean(y))
+        levels = parse_levels(a.quantiles)
+        refs = {"num_train": fitted.num_train, "mean": score(MEAN, images, None, mean),
+                "var_constant": score(VAR, images, mean, fitted.variance_constant(y) * VAR_SCALE),
+                "var_quadratic": score(VAR, images, mean, fitted.variance_quadratic(y) * VAR_SCALE),
+                "quantile": score(QUANTILE, images, None, (np.moveaxis(to_255(fitted.quantiles(y, levels)), 0, 1),
+                                                           levels))}
+        if a.num_pcs:
+            directions, variances = fitted.principal_components(len(y))
+            refs["pc"] = dict(**summarize(pc_scores(images, mean, directions, variances * VAR_SCALE), images.ks,
+                                          images.labels))
+        save_pickle(dict(mean=mean, var_constant=fitted.variance_constant(y) * VAR_SCALE,
+                         quantiles=to_255(fitted.quantiles(y, levels))), os.path.join(out, "baseline_outputs.pkl"))
+        return refs
+
+    return cached_json(os.path.join(out, "baselines.json"), compute)
+
+
+def calibration_lines(out, images, a, models, samples):
+    """
+    Intervals with a guarantee (testbed.scoring.interval_scores) from the final seed-0 quantile
+    model (its outer levels about its median), the variance model (m +- sigma), the N exact
+    samples (their median and empirical quantiles) and the least-squares baseline's residual
+    quantiles, against the exact posterior over repeated calibration/test splits.
+    """
+    def compute():
+        levels = parse_levels(a.quantiles)
+        lo, hi = 0, len(levels) - 1
+        mid = int(np.argmin(np.abs(np.array(levels) - 0.5)))
+        runs = models.runs
+        sources = {}
+        (q, _), _ = models.get(runs["quantile_s0"])
+        q = np.moveaxis(q, 1, 0)  # [L, N, ...]
+        sources["quantile model"] = (q[mid], q[mid] - q[lo], q[hi] - q[mid])
+        var, _ = models.get(runs["var_s0"])
+        mean, _ = models.get(runs["mean_s0"])
+        std = np.sqrt(np.maximum(var, 0))
+        sources["variance model"] = (mean, std, std)
+        sq = np.stack([sample_quantiles(s, (levels[lo], 0.5, levels[hi])) for s in samples], axis=1)
+        sources[f"{a.reference_samples} exact samples"] = (sq[1], sq[1] - sq[0], sq[2] - sq[1])
+        base = load_pickle(os.path.join(out, "baseline_outputs.pkl"))
+        bq = base["quantiles"]
+        sources["least-squares baseline"] = (bq[mid], bq[mid] - bq[lo], bq[hi] - bq[mid])
+        alpha = 1 - (levels[hi] - levels[lo])
+        return interval_scores(images, sources, alpha=alpha, delta=a.delta, splits=a.calibration_splits, seed=a.seed)
+
+    return cached_json(os.path.join(out, "calibration.json"), compute)
+
+
+def forward_seconds(models, kinds=("mean_s0", "var_s0", "quantile_s0", "pc")):
+    """Seconds per image of one forward pass of each final model (with its mean model where it has one)."""
+    times = {}
+    for name in kinds:
+        run = models.runs.get(name)
+        if run is None:
+            continue
+        _, mean_model = models.mean_of(run)
+        _, model = models.get(run)
+
+        def once():
+            return model_outputs("", "", KINDS[run.kind], models.images, mean_model, model=model)
+
+        once()  # warm-up
+        start = time.perf_counter()
+        once()
+        times[name] = (time.perf_counter() - start) / len(models.images.names)
+    return times

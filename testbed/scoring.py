@@ -15,6 +15,7 @@ import functools
 import hashlib
 
 import numpy as np
+from scipy.special import ndtr
 
 from imaging import VAR_SCALE, area_downsample, low_res_input, metrics, pc_metrics, to_255, to_float
 
@@ -44,6 +45,25 @@ class ExactScorer:
         self.fresh = np.stack([to_255(tb.sample_posterior(yi, FRESH_SAMPLES, rng)) for yi in y])  # [N, S, ...]
         self.y = y
         self._covariances = {}
+
+    def exact_quantiles(self, levels):
+        """The exact per-pixel posterior quantiles [L, N, C, H, W] in [0, 255] units (cached per levels)."""
+        key = tuple(float(t) for t in levels)
+        cache = self.__dict__.setdefault("_quantiles", {})
+        if key not in cache:
+            cache[key] = to_255(self.testbed.posterior_quantiles(self.y, key))
+        return cache[key]
+
+    def exact_risk(self, low, high):
+        """
+        The exact conditional risk of intervals [low, high] ([0, 255] units, [N, C, H, W]): per image
+        the expected share of its pixels outside, under each pixel's exact posterior marginal.
+        """
+        weights, means, stds = self.testbed.pixel_marginals(self.y)  # [N, K], [N, K, C, H, W] in [-1, 1]
+        means, stds = to_255(means), stds * 127.5
+        w = weights[:, :, None, None, None]
+        cdf = lambda v: (w * ndtr((v[:, None] - means) / stds)).sum(1)  # noqa: E731
+        return (1 - cdf(np.asarray(high, np.float64)) + cdf(np.asarray(low, np.float64))).reshape(len(low), -1).mean(1)
 
     @property
     def labels(self):
@@ -111,6 +131,29 @@ def sample_scores(images, means, variances):
     """
     return [dict(**mean, **{k: v for k, v in var["vs_var"].items()}, coverage=var["coverage"])
             for mean, var in zip(mean_scores(images, means), var_scores(images, means, variances))]
+
+
+def quantile_scores(images, levels, quantiles):
+    """
+    Per-pixel quantile estimates [L, N, C, H, W] ([0, 255] units) against the exact posterior
+    quantiles, per image and level: the mean absolute error, the same over the exact posterior
+    std (rel_error: how far in posterior stds), and the coverage of each level, the share of
+    fresh exact posterior draws below it (tau for a perfect estimate).
+    """
+    exact = images.exact_quantiles(levels)
+    std = np.sqrt(images.exact_var)
+    per_image = []
+    for i in range(quantiles.shape[1]):
+        err = np.abs(quantiles[:, i] - exact[:, i])
+        per_image.append({f"{tau:g}": dict(abs_error=float(err[j].mean()), rel_error=float((err[j] / std[i]).mean()),
+                                           coverage=float(np.mean(images.fresh[i] <= quantiles[j, i][None])))
+                          for j, tau in enumerate(levels)})
+    return per_image
+
+
+def sample_quantiles(samples, levels, axis=0):
+    """Empirical per-pixel quantiles of samples (numpy's default, linear interpolation)."""
+    return np.quantile(samples, levels, axis=axis)
 
 
 def within_floor(estimate, floor, band=0.03):
@@ -210,3 +253,28 @@ def exact_posterior(testbed, truth_uint8_chw, small_size, num_samples=0, seed=0)
 def name_seed(name):
     """A fixed seed per image name (the Monte Carlo floor's draws are reproducible)."""
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
+
+
+# -- intervals with a guarantee, against the exact posterior ---------------------------------------
+
+def interval_scores(images, sources, alpha=0.1, delta=0.1, splits=200, seed=0):
+    """
+    imaging.risk_control.repeated_splits on the study images against the exact posterior:
+    sources {name: (centre, below, above)} [N, C, H, W] in [0, 255] units, the true images,
+    the exact conditional risk of each test image pooled and per mixture component, and the
+    widths beside the exact oracle interval [q*(alpha/2), q*(1 - alpha/2)] of the same images.
+    """
+    from imaging import risk_control
+
+    truth = images.uint8.double().numpy() if hasattr(images.uint8, "double") else np.asarray(images.uint8, np.float64)
+    groups = {component_label(images.labels, k): [i for i, kk in enumerate(images.ks) if kk == k]
+              for k in sorted(set(images.ks))}
+    result = risk_control.repeated_splits(truth, sources, alpha, delta, splits, seed, groups, images.exact_risk)
+    low, high = images.exact_quantiles((alpha / 2, 1 - alpha / 2))
+    oracle_width = float((high - low).mean())
+    result["oracle"] = {"width": oracle_width, "exact_risk": float(images.exact_risk(low, high).mean())}
+    for name in sources:
+        for summary in result[name].values():
+            if "width" in summary:
+                summary["width_to_oracle"] = summary["width"] / oracle_width
+    return result

@@ -74,3 +74,23 @@ def test_guarantees_hold_over_repeated_calibration_sets():
         crc_risks.append(test_curves[:, np.searchsorted(lambdas, lam)].mean())
     assert exceed / 300 <= delta + 0.03  # RCPS is conservative: far below delta in practice
     assert np.mean(crc_risks) <= alpha + 0.005
+
+
+def test_repeated_splits_report_exact_risk_per_group():
+    """Two groups of images of known noise scale, a fixed-width interval: the exact risk per group is read back."""
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(1)
+    scales = np.repeat([0.5, 2.0], 30)[:, None]
+    truth = scales * rng.standard_normal((60, 200))
+    centre, offset = np.zeros_like(truth), np.ones_like(truth)
+    exact = lambda low, high: (1 - (norm.cdf(high / scales) - norm.cdf(low / scales))).mean(1)  # noqa: E731
+    r = rc.repeated_splits(truth, {"unit": (centre, offset, offset)}, alpha=0.2, delta=0.1, splits=20,
+                           groups={"small": list(range(30)), "large": list(range(30, 60))}, exact_risk=exact)
+    unit = r["unit"]
+    assert unit["before_calibration"]["exact_risk"] == pytest.approx(exact(-offset, offset).mean())
+    crc = unit["crc"]
+    assert crc["no_lambda"] == 0 and crc["realised_risk"] <= 0.2 + 0.05
+    # the guarantee is marginal: the small-noise group is far inside alpha, the large one above it
+    assert crc["by_group"]["small"]["exact_risk"] < 0.2 < crc["by_group"]["large"]["exact_risk"]
+    assert crc["by_group"]["large"]["above_alpha"] > 0.9

@@ -19,6 +19,7 @@ from PIL import Image
 from imaging import metrics
 from runkit import logger
 from runkit.fileio import png_is_complete, save_pickle, save_png
+from sr_var.quantiles import save_quantiles
 from testbed import TestbedParams, write_testbed_dataset
 from tests.conftest import ROOT, assert_user_error, run_script
 from tests.helpers import snapshot
@@ -284,6 +285,9 @@ def test_pc_verification_on_the_testbed_scores_the_exact_components_perfectly(te
                     str(out / "high_res_var_1.pkl"))
         directions, variances = ExactCovariance(tb, y).top(3)
         pcs.save_pcs(str(out / "high_res_pcs_7.npz"), directions.reshape(3, 16, 16, 3), variances)
+        # as the quantile model's output, the exact posterior quantiles
+        save_quantiles(str(out / "high_res_quantiles_5.npz"), (0.05, 0.5, 0.95),
+                       (tb.posterior_quantiles(y, (0.05, 0.5, 0.95)) + 1) * 127.5)
         direct.append(pcs.vs_samples(directions.astype(np.float32).astype(np.float64),
                                      variances.astype(np.float32), samples.astype(np.float64)))
     args = ["sr_var_verification.py", "--data_dir", "data/images", "--data_info_dict_path",
@@ -292,7 +296,13 @@ def test_pc_verification_on_the_testbed_scores_the_exact_components_perfectly(te
             "--var_model_step", "1"]
     run_script([*args, "--log_dir", "pcv/log"], cwd=testbed_dir)
     results = json.load(open(testbed_dir / "pcv" / "log" / "results.json"))
-    assert results["pc_model_step"] == "7"
+    assert results["pc_model_step"] == "7" and results["quantile_model_step"] == "5"
+    # the exact quantiles as the model: no error to them (float32 storage aside), and their 5-95% interval
+    # leaves out 10% of each pixel's posterior mass
+    assert all(results["quantiles"][t]["vs_exact"] < 1e-4 for t in ("0.05", "0.5", "0.95"))
+    intervals = results["intervals"]
+    assert intervals["quantile model"]["before_calibration"]["exact_risk"] == pytest.approx(0.1, abs=1e-4)
+    assert {"variance model", "DDPM-SR samples", "exact posterior samples"} <= set(intervals)
     model = results["pcs"]["exact"]["model"]
     for key in ("overlap", "captured"):
         assert model[key] == pytest.approx(1, abs=1e-5)
