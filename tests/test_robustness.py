@@ -138,6 +138,23 @@ def test_bad_testbed_parameters_through_the_script(tmp_path):
     proc = run_script(["scripts/make_testbed.py", "--out_dir", "tb", "--channel_correlation", "-0.7"],
                       cwd=tmp_path, check=False)
     assert_user_error(proc, "channel_correlation -0.7")
+    cm = ["scripts/make_testbed.py", "--out_dir", "tb", "--kind", "covariance_mixture"]
+    for extra, needle in ((["--scales", "0.1,0.2"], "--scales does not apply to --kind covariance_mixture"),
+                          (["--components", "1:0.2:4:0.8"], "five numbers"),
+                          (["--components", "0.5:0.2:4:0.8:0,0.4:0.2:1:1:0"], "must sum to 1"),
+                          (["--components", "1:0.2:-4:0.8:0"], "two lengths > 0"),
+                          (["--jitter", "0"], "jitter 0")):
+        assert_user_error(run_script([*cm, *extra], cwd=tmp_path, check=False), needle)
+    assert_user_error(run_script(["scripts/make_testbed.py", "--out_dir", "tb", "--kind", "wavelets"], cwd=tmp_path,
+                                 check=False), "--kind 'wavelets' is not one of")
+    # the studies' choices
+    for script, extra, needle in (
+            ("scripts/sampler_study.py", ["--testbed", "gsm"], "--testbed 'gsm' is not one of"),
+            ("scripts/sampler_study.py", ["--band", "1.5"], "--band 1.5"),
+            ("scripts/testbed_study.py", ["--recipe", "fast"], "--recipe 'fast' is not one of"),
+            ("scripts/testbed_study.py", ["--ablations", "paper,fast"], "--ablations"),
+            ("scripts/testbed_study.py", ["--quantiles", "0.5"], "at least two levels")):
+        assert_user_error(run_script([script, "--out_dir", "study", *extra], cwd=tmp_path, check=False), needle)
     assert os.listdir(tmp_path) == []
 
 
