@@ -78,9 +78,21 @@ def _by_type(rows):
     return groups
 
 
-def _label(noise_type):
+def label_of(noise_type):
+    """"fix (biased)": our name and the paper's."""
     paper_name = PAPER_NAMES.get(noise_type, noise_type)
     return noise_type if paper_name == noise_type else f"{noise_type} ({paper_name})"
+
+
+_label = label_of
+
+
+def paper_accuracy_at(paper, noise_type, ratio):
+    """The paper's test accuracy at a correct-label ratio (linear between its measured points)."""
+    curve = paper[noise_type]
+    x, y = np.array(curve["correct_label_ratio"]), np.array(curve["test_accuracy"])
+    order = np.argsort(x)
+    return float(np.interp(ratio, x[order], y[order]))
 
 
 def accuracy_figure(rows, paper):
@@ -97,6 +109,39 @@ def accuracy_figure(rows, paper):
         if noise_type in paper:
             ax.plot(paper[noise_type]["correct_label_ratio"], paper[noise_type]["test_accuracy"],
                     "x--", color=color, alpha=0.7, label=f"{_label(noise_type)}, paper (MNIST)")
+    ax.set_xlabel("correct-label ratio of the noisy training labels")
+    ax.set_ylabel("test accuracy (clean test labels)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def seeds_accuracy_figure(groups, paper):
+    """
+    Test accuracy against the correct-label ratio over seeds (a seed study's groups): the
+    mean, with bars from the lowest to the highest seed, beside the paper's curves.
+    """
+    fig = new_figure(7, 5)
+    fig.subplots_adjust(left=0.11, right=0.97, bottom=0.11, top=0.97)
+    ax = fig.subplots()
+    by_type = {}
+    for g in sorted(groups, key=lambda g: g["correct_label_ratio"]):
+        by_type.setdefault(g["noise_type"], []).append(g)
+    for noise_type, group in by_type.items():
+        acc = [g["test_accuracy"] for g in group]
+        seeds = max(len(a["values"]) for a in acc)
+        if noise_type not in COLORS:  # the clean runs: a band
+            ax.axhspan(acc[0]["min"], acc[0]["max"], color="gray", alpha=0.2)
+            ax.axhline(acc[0]["mean"], color="gray", linestyle=":", label=f"clean labels (ours, {seeds} seeds)")
+            continue
+        color = COLORS[noise_type]
+        x = [g["correct_label_ratio"] for g in group]
+        mean = np.array([a["mean"] for a in acc])
+        ax.errorbar(x, mean, yerr=[mean - [a["min"] for a in acc], [a["max"] for a in acc] - mean], fmt="o-",
+                    color=color, capsize=3, label=f"{label_of(noise_type)}, ours (mean, min-max of {seeds} seeds)")
+        if noise_type in paper:
+            ax.plot(paper[noise_type]["correct_label_ratio"], paper[noise_type]["test_accuracy"],
+                    "x--", color=color, alpha=0.7, label=f"{label_of(noise_type)}, paper (MNIST)")
     ax.set_xlabel("correct-label ratio of the noisy training labels")
     ax.set_ylabel("test accuracy (clean test labels)")
     ax.legend(fontsize=8)

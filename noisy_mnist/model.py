@@ -97,21 +97,27 @@ def parse_hidden_dims(hidden_dims):
     return dims
 
 
-def create_model(input_dim, hidden_dims, device, num_runs=0):
+def create_model(input_dim, hidden_dims, device, num_runs=0, seeds=None):
     """
     A SimpleCNN on `device`, in channels_last memory format (the faster CPU kernels); with
     num_runs >= 1 a StackedCNN of that many, each initialised as a SimpleCNN created here
-    at the same point of the random stream would be (so all alike after th.manual_seed).
+    at the same point of the random stream would be (so all alike after th.manual_seed),
+    or, given `seeds` (one per run), as a SimpleCNN created right after th.manual_seed(seed).
     """
     if input_dim != CONV_FEATURES:
         raise UserError(f"--input_dim {input_dim} must be {CONV_FEATURES} "
                         f"(16 channels x 4 x 4 after the convolutions of a 28x28 image)")
     dims = parse_hidden_dims(hidden_dims)
     if num_runs:
+        if seeds is not None and len(seeds) != num_runs:
+            raise ValueError(f"{len(seeds)} seeds for {num_runs} runs")
         state = th.random.get_rng_state()
         models = []
-        for _ in range(num_runs):
-            th.random.set_rng_state(state)
+        for i in range(num_runs):
+            if seeds is None:
+                th.random.set_rng_state(state)
+            else:
+                th.manual_seed(seeds[i])
             models.append(SimpleCNN(input_dim, dims))
         return StackedCNN(models).to(device)
     return SimpleCNN(input_dim, dims).to(device, memory_format=th.channels_last)

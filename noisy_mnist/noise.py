@@ -118,13 +118,15 @@ def alpha_for_ratio(target, noise_type, labels, logits=None, model_noise="origin
     return float(f"{(lo + hi) / 2:.{digits}g}")
 
 
-def label_rng(seed, noise_type, alpha):
+def label_rng(seed, noise_type, alpha, draw=0):
     """
     The random stream of one noise file: its own for each (seed, type, alpha), so that the
     files of a sweep are independent draws (as the original, which drew each file unseeded)
-    and a rerun draws the same labels.
+    and a rerun draws the same labels. draw >= 1: another independent draw of the same p
+    (the second run of a floor); draw 0 is the stream every earlier file was drawn from.
     """
-    digest = hashlib.sha256(f"{int(seed)}/{noise_type}/{float(alpha)!r}".encode()).digest()
+    key = f"{int(seed)}/{noise_type}/{float(alpha)!r}" + (f"/draw{int(draw)}" if draw else "")
+    digest = hashlib.sha256(key.encode()).digest()
     return np.random.default_rng(int.from_bytes(digest[:16], "little"))
 
 
@@ -164,12 +166,43 @@ def load_noisy_labels(path, num_train, flag="noise_label_file"):
         raise UserError(f"{path!r} (--{flag}) is not a list of (label, p) pairs: {e}") from None
     if p.shape != (num_train, NUM_CLASSES) or labels.min() < 0 or labels.max() >= NUM_CLASSES:
         raise UserError(f"{path!r} (--{flag}) should pair labels in 0..9 with p arrays of {NUM_CLASSES}")
+    check_distributions(p, path, flag)
+    return labels, p
+
+
+def check_distributions(p, path, flag):
+    """A UserError naming the first row of p [N, 10] that is not a distribution."""
     bad = ~np.isfinite(p).all(axis=1) | (p < 0).any(axis=1) | (np.abs(p.sum(axis=1) - 1) > 1e-6)
     if bad.any():
         i = int(np.argmax(bad))
         raise UserError(f"{path!r} (--{flag}): p of image {i} is not a distribution (entries 0 or more, "
                         f"summing to 1: got sum {p[i].sum():.6g}, min {p[i].min():.3g})")
-    return labels, p
+
+
+def heldout_noise_path(noise_file):
+    """
+    The noise distribution p on the test images, beside a noise file: `{stem}.test_p.pkl`
+    (written by generate_noisy_label; for model noise the clean model's softmax on the test
+    images through the same formula). It is what a held-out comparison with p needs.
+    """
+    return os.path.splitext(noise_file)[0] + ".test_p.pkl"
+
+
+def save_heldout_noise(path, p):
+    save_pickle(np.asarray(p, dtype=np.float64), path)
+
+
+def load_heldout_noise(path, num_test, flag="noise_label_file"):
+    """p float64 [num_test, 10] of a `.test_p.pkl` file, checked against the test set."""
+    p = load_pickle(path, flag, what="held-out noise distribution")
+    if not isinstance(p, np.ndarray) or p.shape != (num_test, NUM_CLASSES):
+        shape = list(p.shape) if isinstance(p, np.ndarray) else type(p).__name__
+        raise UserError(f"{path!r} (beside --{flag}) should hold p for the {num_test} test images as an array "
+                        f"[{num_test}, {NUM_CLASSES}], not {shape}; generate the labels for this --data_dir again "
+                        f"(--task generate_noisy_label)")
+    p = p.astype(np.float64)
+    check_distributions(p, path, flag)
+    return p
 
 
 def resolve_noise_file(noise_label_file, data_dir, log_dir):

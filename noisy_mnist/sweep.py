@@ -11,16 +11,19 @@ figures drawn from it. Everything of a sweep lives under out_dir:
     logs/stacks/{stack}/                    the stack's training log, TensorBoard events
     results.json, results.csv, figures/*.png
 
-A run is "clean" or the noisy-label file's stem. All runs share the seed, hence the initial
-weights and the batch order, so up to `stack` of them train together as one StackedCNN
-(the same computation, and much faster on a CPU than one small network at a time). Stacks
-go to `workers` single-threaded processes, the same number of runs to each; the few runs
-left over (fewer than `workers`) train last as one stack on every core. A rerun skips every
-stage whose output exists and continues a killed stack from its latest checkpoint (keep
---stack and --workers for that: they decide which runs share a stack); it must keep the
-flags recorded in sweep_flags.json, which decide the labels. Each noise file is drawn from
-a random stream of its own (seed, type, alpha), and model-noise alphas solve
-mean p[c](alpha) = target ratio for the formula in use.
+A run is "clean" or the noisy-label file's stem. All runs see the same images, so up to
+`stack` of them train together as one StackedCNN (the same computation, and much faster on
+a CPU than one small network at a time): each from its own initial weights (--init
+independent: a seed per run, tasks.run_seed; --init shared: all from --seed, as the clean
+model), all in the batch order of the stack's first run. The clean model never shares a
+stack with a model-noise run. Stacks go to `workers` single-threaded processes, the same
+number of runs to each; the few runs left over (fewer than `workers`) train last as one
+stack on every core. A rerun skips every stage whose output exists and continues a killed
+stack from its latest checkpoint (keep --stack and --workers for that: they decide which
+runs share a stack); it must keep the flags recorded in sweep_flags.json, which decide the
+labels and the runs. Each noise file is drawn from a random stream of its own (seed, type,
+alpha, label draw), and model-noise alphas solve mean p[c](alpha) = target ratio for the
+formula in use.
 """
 
 import contextlib
@@ -41,7 +44,9 @@ from runkit import (
     AT_LEAST_ONE,
     FORWARDED_STOP,
     NON_NEGATIVE,
+    POSITIVE,
     UserError,
+    check_choice,
     check_flags,
     comma_list,
     dist_util,
@@ -50,15 +55,15 @@ from runkit import (
     stop_requested,
     stop_signals,
 )
-from runkit.fileio import atomic_write, record_run_flags, save_json
+from runkit.fileio import atomic_write, read_json, record_run_flags, save_json
 
 from . import figures, tasks
 from .data import load_split, to_inputs
-from .model import predict_logits
+from .model import create_model, load_weights, predict_logits
 from .noise import NOISE_TYPES, alpha_for_ratio, expected_correct_ratio, noise_file_name
 
 COLUMNS = ("noise_type", "alpha", "correct_label_ratio", "test_accuracy", "clean_train_accuracy",
-           "ce_average", "ce_minimum", "tv_mean")
+           "ce_average", "ce_minimum", "tv_mean", "tv_mean_test")
 
 
 def sweep_defaults():
@@ -72,22 +77,28 @@ def sweep_defaults():
         levels="",  # target correct-label ratios, e.g. 0.9,0.5; "": the paper's eight per type
         seed=0,
         model_noise="original",  # the formula of model noise: the original code's, or "precise"
+        init="independent",  # the noisy-label runs' initial weights and batch order (tasks.INIT_MODES)
+        label_draw=0,  # another independent draw of the same labels' p (1, 2, ...): the second run of a floor
+        lr=1e-4,
+        batch_size=128,
         stack=5,  # runs trained together as one stacked network (1: one at a time)
         workers=2,  # stacks training at a time, in processes that share the CPU cores
         eval_batch_size=2000,
         paper_results=figures.PAPER_RESULTS,
+        figures=True,  # False: results.json and .csv only, no figures (a study draws its own)
     )
 
 
 SWEEP_RULES = dict(max_step=AT_LEAST_ONE, save_interval=AT_LEAST_ONE, log_interval=AT_LEAST_ONE, seed=NON_NEGATIVE,
-                   stack=AT_LEAST_ONE, workers=AT_LEAST_ONE, eval_batch_size=AT_LEAST_ONE)
+                   stack=AT_LEAST_ONE, workers=AT_LEAST_ONE, eval_batch_size=AT_LEAST_ONE, label_draw=NON_NEGATIVE,
+                   lr=POSITIVE, batch_size=AT_LEAST_ONE)
 
 
 def stage_args(cfg, **overrides):
     """The flags of one mnist_classification.py stage within the sweep."""
     args = tasks.mnist_defaults()
     args.update({k: cfg[k] for k in ("data_dir", "max_step", "save_interval", "log_interval", "seed",
-                                     "eval_batch_size", "model_noise")})
+                                     "eval_batch_size", "model_noise", "init", "label_draw", "lr", "batch_size")})
     args.update(overrides)
     return SimpleNamespace(**args)
 
@@ -173,7 +184,8 @@ def analyse(cfg, run, console):
             analysis = json.load(f)
         if analysis["step"] == cfg["max_step"]:
             return analysis
-    return tasks.run(analysis_args(cfg, run), console)
+    args = analysis_args(cfg, run)
+    return tasks.predict_analysis(args, args.model_save_dir, console, draw=cfg["figures"])
 
 
 def analyse_logits(cfg, run, data, logits, console):
@@ -182,7 +194,8 @@ def analyse_logits(cfg, run, data, logits, console):
     the checkpoint's own up to float rounding (tests/test_mnist_pipeline.py).
     """
     checkpoint = os.path.join(run.model_save_dir, final_checkpoint(cfg))
-    return tasks.analyse_logits(analysis_args(cfg, run), data, *run.noise, checkpoint, console, *logits)
+    return tasks.analyse_logits(analysis_args(cfg, run), data, *run.noise, checkpoint, console, *logits,
+                                draw=cfg["figures"])
 
 
 def _report(row, start):
@@ -243,10 +256,12 @@ def target_levels(cfg):
     return {t: paper[t]["correct_label_ratio"] for t in types}
 
 
-# The flags that decide a sweep's labels: a rerun into the same --out_dir must keep them.
-# (--max_step may grow: the stacks then train on. --stack and --workers decide which runs
-# share a stack: changed, a killed stack starts afresh instead of resuming.)
-RECORDED_FLAGS = ("noise_types", "levels", "seed", "model_noise")
+# The flags that decide a sweep's labels and runs: a rerun into the same --out_dir must keep
+# them. (--max_step may grow: the stacks then train on. --stack and --workers decide which
+# runs share a stack: changed, a killed stack starts afresh instead of resuming.)
+RECORDED_FLAGS = ("noise_types", "levels", "seed", "model_noise", "init", "label_draw")
+# What a sweep_flags.json written before --init and --label_draw existed means.
+EARLIER_SWEEPS = dict(init="shared", label_draw=0)
 
 
 def record_sweep(cfg):
@@ -255,6 +270,10 @@ def record_sweep(cfg):
     if not os.path.exists(path) and os.path.isdir(os.path.join(cfg["out_dir"], "labels")):
         raise UserError(f"--out_dir {cfg['out_dir']!r} holds a sweep without sweep_flags.json, made by an "
                         f"earlier version whose labels were drawn differently; choose another --out_dir")
+    if os.path.isfile(path):  # an earlier sweep's record: its runs shared the clean model's seed
+        saved = read_json(path, "out_dir")
+        if isinstance(saved, dict) and not set(EARLIER_SWEEPS) <= set(saved):
+            save_json({**EARLIER_SWEEPS, **saved}, path)
     flags = {k: cfg[k] for k in RECORDED_FLAGS}
     flags["data_dir"] = os.path.realpath(cfg["data_dir"])
     record_run_flags(path, flags, "out_dir")
@@ -296,6 +315,7 @@ def run_sweep(cfg):
 def _run_sweep(cfg):
     start = time.time()
     check_flags(SimpleNamespace(**cfg), SWEEP_RULES)  # as the parser does (tests call this directly)
+    check_choice(cfg["init"], tasks.INIT_MODES, "init")
     require_file(cfg["paper_results"], "paper_results")
     levels = target_levels(cfg)
     for split in ("train", "test"):
@@ -316,15 +336,18 @@ def _run_sweep(cfg):
         # The clean run and the runs that need no clean model start at once.
         first = [(tasks.CLEAN, 1.0)] + [(t, ratio) for t in levels if t != "model" for ratio in levels[t]]
         rank = {spec: i for i, spec in enumerate(first)}  # the order of the results rows
+        targets = {spec: spec[1] for spec in first}  # the target correct-label ratio of each run
         stacks, tail = split_into_stacks(first, cfg["stack"], cfg["workers"])
         if not stacks:  # the clean run alone: it still trains first
             stacks, tail = [tail], []
         jobs = [submit(train_stack, cfg, with_labels(group), console) for group in stacks]
         if "model" in levels:
             wait_for(jobs[0], pool)  # the stack with the clean run
-            model_runs = [("model", alpha) for alpha in model_noise_alphas(cfg, levels["model"])]
+            alphas = model_noise_alphas(cfg, levels["model"])
+            model_runs = [("model", alpha) for alpha in alphas]
             for spec in model_runs:
                 rank[spec] = len(rank)
+                targets[spec] = alphas[spec[1]]
             model_stacks, model_tail = split_into_stacks(model_runs, cfg["stack"], cfg["workers"])
             jobs += [submit(train_stack, cfg, with_labels(group), console) for group in model_stacks]
             tail += model_tail
@@ -336,6 +359,8 @@ def _run_sweep(cfg):
             pool.shutdown(cancel_futures=True)
             th.set_num_threads(own_threads)
     rows.sort(key=lambda row: rank[row["noise_type"], row["alpha"]])  # the tail's rows back in place
+    for row in rows:
+        row["target_ratio"] = targets[row["noise_type"], row["alpha"]]
     wall_time = time.time() - start
     paths = write_results(cfg, rows, wall_time)
     print(f"sweep of {len(rows)} runs finished in {wall_time / 60:.1f} min; results: {', '.join(paths)}")
@@ -349,9 +374,23 @@ def write_results(cfg, rows, wall_time):
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
     writer.writerow(COLUMNS)
-    writer.writerows([[row[c] for c in COLUMNS] for row in rows])
+    writer.writerows([["" if row.get(c) is None else row[c] for c in COLUMNS] for row in rows])
     csv_path = os.path.join(cfg["out_dir"], "results.csv")
     atomic_write(csv_path, lambda f: f.write(table.getvalue().encode()))
     figure_paths = figures.draw_figures(results_path, os.path.join(cfg["out_dir"], "figures"),
-                                        cfg["paper_results"])
+                                        cfg["paper_results"]) if cfg["figures"] else []
     return [results_path, csv_path, *figure_paths]
+
+
+def run_logits(cfg, run_name, inputs):
+    """The float32 logits [N, 10] of a run's final checkpoint on inputs [N, 1, 28, 28] (as the stages compute them)."""
+    args = stage_args(cfg)
+    path = require_file(os.path.join(cfg["out_dir"], "checkpoints", run_name, final_checkpoint(cfg)), "out_dir",
+                        "the sweep did not finish: rerun it")
+    model = load_weights(create_model(args.input_dim, args.hidden_dims, dist_util.dev()), path, "out_dir")
+    return predict_logits(model, inputs, cfg["eval_batch_size"])
+
+
+def run_softmax(cfg, run_name, inputs):
+    """The softmax (float64 numpy [N, 10]) of a run's final checkpoint on inputs [N, 1, 28, 28]."""
+    return th.softmax(run_logits(cfg, run_name, inputs).double(), dim=1).cpu().numpy()

@@ -10,6 +10,7 @@ Each task first checks everything the user gave (data, files, checkpoints), so a
 ends with one line before anything is written, then logs to `log_dir`.
 """
 
+import hashlib
 import json
 import os
 from types import SimpleNamespace
@@ -33,7 +34,7 @@ from runkit import (
 from runkit.fileio import save_json, save_torch
 from runkit.training import TrainLoop, list_checkpoints, parse_resume_step_from_filename, resolve_resume_checkpoint
 
-from . import figures
+from . import figures, scores
 from .data import load_split, to_inputs, train_batches
 from .model import MODEL_RULES, NUM_CLASSES, create_model, load_weights, model_defaults, predict_logits
 from .noise import (
@@ -41,17 +42,26 @@ from .noise import (
     NOISE_TYPES,
     ORIGINAL_EPSILON,
     draw_labels,
+    heldout_noise_path,
     label_rng,
+    load_heldout_noise,
     load_noisy_labels,
     noise_distribution,
     noise_file_name,
     noise_summary,
     resolve_noise_file,
+    save_heldout_noise,
     save_noisy_labels,
 )
 
 CHECKPOINT_ROOT = os.path.join("checkpoints", "mnist_classification")
 CLEAN = "clean"  # the name of results on clean labels
+# Where a noisy-label run's initial weights and batch order come from. "independent": a seed
+# of its own, derived from --seed, --label_draw and the noise file's name, so the run shares
+# nothing with the clean model whose softmax may have defined p (the original code seeds
+# nothing: every run starts from fresh random weights and order). "shared": --seed itself,
+# as the clean model (this project's earlier runs: the run starts where the clean model did).
+INIT_MODES = ("independent", "shared")
 
 
 def mnist_defaults():
@@ -75,12 +85,15 @@ def mnist_defaults():
         seed=0,
         eval_batch_size=2000,
         model_noise="original",  # the original code's formula; "precise": no epsilon, in log space
+        init="independent",  # a noisy-label run's initial weights and batch order: INIT_MODES
+        label_draw=0,  # which independent draw of the labels (0: the usual one; 1, 2, ...: others of the same p)
         **model_defaults(),
     )
 
 
 MNIST_RULES = dict(lr=POSITIVE, batch_size=AT_LEAST_ONE, max_step=AT_LEAST_ONE, log_interval=AT_LEAST_ONE,
                    save_interval=AT_LEAST_ONE, seed=NON_NEGATIVE, eval_batch_size=AT_LEAST_ONE,
+                   label_draw=NON_NEGATIVE,
                    alpha=Rule(lambda v: 0 <= v <= 1, "in [0, 1] (the probability kept on the true class)"),
                    **MODEL_RULES)
 
@@ -90,6 +103,7 @@ def run(args, console=True):
     check_choice(args.task, list(TASK_FUNCTIONS), "task")
     check_choice(args.noise_type, NOISE_TYPES, "noise_type")
     check_choice(args.model_noise, MODEL_NOISE_VARIANTS, "model_noise")
+    check_choice(args.init, INIT_MODES, "init")
     check_flags(args, MNIST_RULES)  # as the parser does (the sweep calls this without one)
     th.manual_seed(args.seed)
     np.random.seed(args.seed)
@@ -108,6 +122,18 @@ def default_model_save_dir(args):
 def labels_name(noise_label_file):
     """What a run's results are named by: the noise file's stem, or "clean"."""
     return os.path.splitext(os.path.basename(noise_label_file))[0] if noise_label_file else CLEAN
+
+
+def run_seed(args, labels_file):
+    """
+    The seed of a run's initial weights and batch order: --seed for the clean model and for
+    every run with --init shared; with --init independent, a noisy-label run's own, derived
+    from --seed, --label_draw and the noise file's name (INIT_MODES).
+    """
+    if not labels_file or args.init == "shared":
+        return args.seed
+    key = f"{args.seed}/{args.label_draw}/init/{labels_name(labels_file)}"
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little") >> 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -213,12 +239,15 @@ def fit(args, model_save_dir, data, targets, labels_file, console):
     Train a fresh or resumed model on (data.train_x, targets) with the project's TrainLoop,
     evaluating it at every checkpoint (TrainingHistory). Returns the history's path.
     """
+    seed = run_seed(args, labels_file)
+    th.manual_seed(seed)
     model = create_model(args.input_dim, args.hidden_dims, dist_util.dev())
     resume = resolve_resume_checkpoint(model_save_dir, args.resume_checkpoint)
     start_step = parse_resume_step_from_filename(resume)
-    batches = train_batches(data.train_x, targets, args.batch_size, args.seed, start_step)
+    batches = train_batches(data.train_x, targets, args.batch_size, seed, start_step)
     start_log(args, console)
-    logger.log(f"training on {labels_file or 'the clean labels'}; checkpoints in {model_save_dir}")
+    logger.log(f"training on {labels_file or 'the clean labels'}; checkpoints in {model_save_dir}; initial "
+               f"weights and batch order from seed {seed} (--init {args.init})")
     history = TrainingHistory(args.log_dir, labels_file, model_save_dir, start_step)
 
     def evaluate(step):
@@ -233,24 +262,27 @@ def fit(args, model_save_dir, data, targets, labels_file, console):
 def fit_stack(args, runs, data, console):
     """
     Train the runs of `runs` (each with labels_file, targets [N], model_save_dir, log_dir)
-    together as one StackedCNN, as `fit` would train each alone with the same args: they
-    share the seed, hence the initial weights and the batch order. The stack's own
+    together as one StackedCNN. Each run starts from the initial weights `fit` would give
+    it (`run_seed`); all take the batch order of the first run's seed, so each trains as
+    `fit` would train it alone when they share the seed (--init shared, or a stack of one),
+    and otherwise differs from that only in the order of its batches. The stack's own
     checkpoints (model*.pt, opt*.pt: what a killed stack resumes from) go to
     args.model_save_dir, its log to args.log_dir; at every checkpoint each run gets its
     model{step}.pt in SimpleCNN's format in its model_save_dir and its TrainingHistory.
     Returns each run's (train logits, test logits) at the final step, or None where this
     call computed none (the stack had finished before).
     """
-    th.manual_seed(args.seed)
+    seeds = [run_seed(args, run.labels_file) for run in runs]
     dist_util.keep_freed_memory()
-    model = create_model(args.input_dim, args.hidden_dims, dist_util.dev(), num_runs=len(runs))
+    model = create_model(args.input_dim, args.hidden_dims, dist_util.dev(), num_runs=len(runs), seeds=seeds)
     resume = resolve_resume_checkpoint(args.model_save_dir, "latest")
     start_step = parse_resume_step_from_filename(resume)
     targets = th.stack([run.targets for run in runs], dim=1)  # [N, K]
-    batches = train_batches(data.train_x, targets, args.batch_size, args.seed, start_step)
+    batches = train_batches(data.train_x, targets, args.batch_size, seeds[0], start_step)
     start_log(args, console)
     logger.log(f"training {len(runs)} runs as one stack (logged loss: their sum): "
-               f"{', '.join(labels_name(run.labels_file) for run in runs)}")
+               f"{', '.join(labels_name(run.labels_file) for run in runs)}; initial weights from seeds {seeds}, "
+               f"batch order from seed {seeds[0]} (--init {args.init})")
     histories = [TrainingHistory(run.log_dir, run.labels_file, run.model_save_dir, start_step) for run in runs]
     evaluated = {}  # step -> the runs' (train logits, test logits)
 
@@ -293,20 +325,30 @@ def train_on_noisy_label(args, model_save_dir, console):
 
 
 def generate_noisy_label(args, model_save_dir, console):
-    """Writes {log_dir}/{noise_type}_noisy_label_{alpha}.pkl; returns its path."""
+    """
+    Writes {log_dir}/{noise_type}_noisy_label_{alpha}.pkl and, beside it, p on the test
+    images (`heldout_noise_path`); returns the noise file's path.
+    """
     images, labels = load_split(args.data_dir, "train")
-    logits, source = None, ""
+    test_images, test_labels = load_split(args.data_dir, "test")
+    logits = test_logits = None
+    source = ""
     if args.noise_type == "model":
         model, source = load_trained_model(
             args, model_save_dir, "train the clean model first: python mnist_classification.py --task train")
         logits = predict_logits(model, to_inputs(images, dist_util.dev()), args.eval_batch_size).cpu().numpy()
+        test_logits = predict_logits(model, to_inputs(test_images, dist_util.dev()),
+                                     args.eval_batch_size).cpu().numpy()
     start_log(args, console)
     if source:
         logger.log(f"q = softmax of the clean model {source} ({args.model_noise} formula)")
     clean = labels.numpy()
     p = noise_distribution(args.noise_type, args.alpha, clean, logits, args.model_noise)
-    noisy = draw_labels(p, label_rng(args.seed, args.noise_type, args.alpha))
+    noisy = draw_labels(p, label_rng(args.seed, args.noise_type, args.alpha, args.label_draw))
     path = os.path.join(args.log_dir, noise_file_name(args.noise_type, args.alpha))
+    # The held-out p first: a file whose noise file exists is complete (a rerun skips both).
+    save_heldout_noise(heldout_noise_path(path), noise_distribution(
+        args.noise_type, args.alpha, test_labels.numpy(), test_logits, args.model_noise))
     save_noisy_labels(path, noisy, p)
     summary = noise_summary(noisy, p, clean)
     summary["expected_correct_label_ratio"] = float(p[np.arange(len(clean)), clean].mean())
@@ -320,16 +362,19 @@ def generate_noisy_label(args, model_save_dir, console):
     logger.dumpkvs()
     logger.log(f"{args.noise_type} noise, alpha {args.alpha}: correct-label ratio "
                f"{summary['correct_label_ratio']:.4f} (expected {summary['expected_correct_label_ratio']:.4f}), "
-               f"argmax p != c for {summary['argmax_wrong_ratio']:.4f}; saved {path}")
+               f"argmax p != c for {summary['argmax_wrong_ratio']:.4f} (label draw {args.label_draw}); saved {path} "
+               f"and p on the test images, {heldout_noise_path(path)}")
     return path
 
 
-def predict_analysis(args, model_save_dir, console):
+def predict_analysis(args, model_save_dir, console, draw=True):
     """
     Over the training set: per class, the mean softmax against the mean noise distribution;
     the average CE between p and the softmax against its minimum (the mean entropy of p);
-    the mean total-variation distance between them. With --noise_label_file "" the model is
-    compared with the clean labels. Writes {log_dir}/analysis_{labels name}.json and .png.
+    the mean total-variation distance between them, with its 95% interval over images. The
+    same on the test images (held out) where p is known there (`heldout_targets`). With
+    --noise_label_file "" the model is compared with the clean labels. Writes
+    {log_dir}/analysis_{labels name}.json and .png.
     """
     data = load_data(args.data_dir)
     if args.noise_label_file:
@@ -341,7 +386,7 @@ def predict_analysis(args, model_save_dir, console):
     model, checkpoint = load_trained_model(args, model_save_dir, hint)
     return analyse_logits(args, data, labels_file, noisy_labels, p, checkpoint, console,
                           predict_logits(model, data.train_x, args.eval_batch_size),
-                          predict_logits(model, data.test_x, args.eval_batch_size))
+                          predict_logits(model, data.test_x, args.eval_batch_size), draw=draw)
 
 
 def analysis_targets(args, data):
@@ -351,8 +396,24 @@ def analysis_targets(args, data):
     return "", data.train_y, F.one_hot(data.train_y, NUM_CLASSES).double()
 
 
-def analyse_logits(args, data, labels_file, noisy_labels, p, checkpoint, console, train_logits, test_logits):
-    """predict_analysis from a checkpoint's logits on both splits (the sweep has them from training)."""
+def heldout_targets(labels_file, data):
+    """
+    p on the test images [N_test, 10] (numpy): the clean labels' one-hot for "", else the
+    file beside the noise file (`heldout_noise_path`); None where there is none (a noise
+    file made elsewhere, such as the original's).
+    """
+    if not labels_file:
+        return F.one_hot(data.test_y, NUM_CLASSES).double().cpu().numpy()
+    path = heldout_noise_path(labels_file)
+    return load_heldout_noise(path, len(data.test_y)) if os.path.isfile(path) else None
+
+
+def analyse_logits(args, data, labels_file, noisy_labels, p, checkpoint, console, train_logits, test_logits,
+                   draw=True):
+    """
+    predict_analysis from a checkpoint's logits on both splits (the sweep has them from
+    training); draw=False: no per-class figure (the studies draw their own).
+    """
     start_log(args, console)
     logger.log(f"analysing {checkpoint} against {labels_file or 'the clean labels'}")
     log_softmax = F.log_softmax(train_logits.double(), dim=1)
@@ -375,17 +436,36 @@ def analyse_logits(args, data, labels_file, noisy_labels, p, checkpoint, console
         ce_average=(-(p * log_softmax).sum(dim=1)).mean().item(),
         ce_minimum=(-th.special.xlogy(p, p).sum(dim=1)).mean().item(),
         tv_mean=(0.5 * (softmax - p).abs().sum(dim=1)).mean().item(),
+        tv_mean_ci95=scores.mean_interval(scores.tv(softmax, p))[1],
+        init=args.init,
+        init_seed=run_seed(args, labels_file),
+        label_draw=args.label_draw,
         class_counts=counts.long().tolist(),
         per_class_softmax=per_class(softmax),
         per_class_noise=per_class(p),
     )
-    for key in ("correct_label_ratio", "clean_train_accuracy", "test_accuracy", "ce_average", "ce_minimum", "tv_mean"):
-        logger.logkv(f"analysis/{key}", result[key])
-        logger.log(f"{key}: {result[key]:.4f}")
+    p_test = heldout_targets(labels_file, data)
+    if p_test is not None:  # held out: what Theorem 2.1 is about (the risk minimiser on new images)
+        test_softmax = F.softmax(test_logits.double(), dim=1)
+        tv_test, ci = scores.mean_interval(scores.tv(test_softmax, p_test))
+        result.update(tv_mean_test=tv_test, tv_mean_test_ci95=ci,
+                      ce_average_test=float(scores.cross_entropy(p_test, test_softmax).mean()),
+                      ce_minimum_test=float(scores.entropy(p_test).mean()))
+    else:
+        logger.log(f"no p on the test images beside {labels_file} ({heldout_noise_path(labels_file)}): "
+                   f"the analysis is on the training images only")
+        result.update(tv_mean_test=None, tv_mean_test_ci95=None, ce_average_test=None, ce_minimum_test=None)
+    for key in ("correct_label_ratio", "clean_train_accuracy", "test_accuracy", "ce_average", "ce_minimum", "tv_mean",
+                "tv_mean_test", "ce_average_test", "ce_minimum_test"):
+        if result[key] is not None:
+            logger.logkv(f"analysis/{key}", result[key])
+            logger.log(f"{key}: {result[key]:.4f}")
     logger.dumpkvs(step)
 
     name = labels_name(labels_file)
     save_json(result, os.path.join(args.log_dir, f"analysis_{name}.json"))
+    if not draw:
+        return result
     fig = figures.per_class_figure(result["per_class_softmax"], result["per_class_noise"],
                                    f"{name}, step {step}: mean prediction vs noise per class")
     image = figures.save_figure(fig, os.path.join(args.log_dir, f"analysis_{name}.png"))

@@ -11,7 +11,9 @@ model trained on them and its analysis; results.json / results.csv and figures u
 Levels are target correct-label ratios (default: the paper's measured ones); for uniform
 and fix noise alpha is the ratio itself, for model noise the alpha whose mean p[c] over the
 training images (the expected ratio, with --model_noise's formula on the clean model's
-softmax) is the target, found by bisection; at most 1.
+softmax) is the target, found by bisection; at most 1. Each noisy-label run starts from
+initial weights of its own (--init independent; --init shared: the clean model's, as the
+sweeps before it), and every analysis is also made on the held-out test images.
 """
 
 import argparse

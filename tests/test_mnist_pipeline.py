@@ -230,9 +230,14 @@ def test_stacked_models_are_the_separate_models(data_dir):
             th.testing.assert_close(grads[i][name], p.grad, rtol=1e-4, atol=1e-8)
 
 
-def fit_runs(data_dir, root, names, max_step, stacked):
-    """Train runs on the clean labels ("clean") or shuffled ones ("shuffled"), stacked or one by one."""
-    common = dict(data_dir=data_dir, max_step=max_step, save_interval=4, log_interval=2)
+def fit_runs(data_dir, root, names, max_step, stacked, init="shared"):
+    """
+    Train runs on the clean labels ("clean") or shuffled ones ("shuffled"), stacked or one by
+    one. With --init shared every run has the clean model's seed, so a stack's runs train
+    exactly as alone; with independent init they keep their own weights, and a stack's batch
+    order is its first run's.
+    """
+    common = dict(data_dir=data_dir, max_step=max_step, save_interval=4, log_interval=2, init=init)
     data = tasks.load_data(data_dir)
     shuffle = th.randperm(N_TRAIN, generator=th.Generator().manual_seed(1))
     targets = dict(clean=data.train_y, shuffled=data.train_y[shuffle])
@@ -319,7 +324,7 @@ def test_tiny_sweep_end_to_end_and_rerun(data_dir, tmp_path):
         table = list(csv.DictReader(f))
     assert tuple(table[0]) == COLUMNS == (
         "noise_type", "alpha", "correct_label_ratio", "test_accuracy", "clean_train_accuracy",
-        "ce_average", "ce_minimum", "tv_mean")
+        "ce_average", "ce_minimum", "tv_mean", "tv_mean_test")
     assert len(table) == 7 and float(table[1]["alpha"]) == 0.06
     for name in ("accuracy_vs_ratio", "ce_average_vs_minimum", "per_class_uniform", "per_class_fix", "per_class_model"):
         assert os.path.getsize(tmp_path / "sweep" / "figures" / f"{name}.png") > 1000
