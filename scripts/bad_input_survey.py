@@ -582,7 +582,7 @@ def first_fresh_cases(v):
              "error", "never at 12"),
         Case("verify: --num_samples 1 (no variance)", replace(verify, "--num_samples", "1"), "error",
              "--num_samples"),
-        Case("sampler study: --tolerance 1.5", study + ["--tolerance", "1.5"], "error", "--tolerance"),
+        Case("sampler study: --band 1.5", study + ["--band", "1.5"], "error", "--band"),
         Case("sample: --num_samples_per_image 0", replace(sample, "--num_samples_per_image", "0"), "error",
              "--num_samples_per_image"),
         Case("mean train: --seed -1", mean_train + ["--seed", "-1"], "error", "--seed"),
@@ -608,12 +608,11 @@ def first_fresh_cases(v):
              "stop", "SIGTERM", signal=signal.SIGTERM, wait_for="fstudy2/study_flags.json"),
         Case("testbed study: SIGTERM while its stages train", ["scripts/testbed_study.py", "--out_dir", "ftbs",
                                                                "--large_size", "16", "--small_size", "4",
-                                                               "--num_train", "40", "--small_train", "8",
-                                                               "--num_eval", "4", "--steps", "100000",
-                                                               "--eval_every", "100000", "--batch_size", "4",
+                                                               "--num_train", "40", "--num_eval", "4", "--steps",
+                                                               "100000", "--eval_every", "100000", "--seeds", "1",
                                                                "--reference_images", "2", "--reference_samples",
                                                                "8", "--num_pcs", "2"],
-             "stop", "SIGTERM", signal=signal.SIGTERM, wait_for="ftbs/logs/mean/progress.csv:3"),
+             "stop", "SIGTERM", signal=signal.SIGTERM, wait_for="ftbs/logs/mean_s0/progress.csv:3"),
         # launcher variables
         Case("mean train: RANK=abc", mean_train, "error", "RANK", env=dict(RANK="abc", LOCAL_RANK="0",
                                                                           WORLD_SIZE="2", MASTER_ADDR="localhost",
@@ -670,9 +669,9 @@ def more_fresh_cases(v):
     mnist = ["mnist_classification.py", "--data_dir", "mnist", "--log_dir", "logs/fm2", "--max_step", "4",
              "--save_interval", "4"]
     make_testbed = ["scripts/make_testbed.py", "--out_dir", "ftb2", *SR16, "--num_train", "0", "--num_eval", "2"]
-    testbed_study = ["scripts/testbed_study.py", "--out_dir", "ftbs2", *SR16, "--num_train", "40", "--small_train",
-                     "8", "--num_eval", "4", "--steps", "4", "--eval_every", "2", "--batch_size", "4",
-                     "--reference_images", "2", "--reference_samples", "8", "--num_pcs", "2"]
+    testbed_study = ["scripts/testbed_study.py", "--out_dir", "ftbs2", *SR16, "--num_train", "40", "--num_eval", "4",
+                     "--steps", "4", "--eval_every", "2", "--seeds", "1", "--reference_images", "2",
+                     "--reference_samples", "8", "--num_pcs", "2"]
     torchrun = dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="2", MASTER_ADDR="localhost", MASTER_PORT="29513")
     return [
         # non-finite values
@@ -745,6 +744,26 @@ def more_fresh_cases(v):
         Case("pc train: --num_pcs 769, more than the 768 values of an image", replace(pc_train, "--num_pcs", "769")
              + ["--max_step", "1"], "error", "--num_pcs"),
         Case("testbed study: --eval_every 0", replace(testbed_study, "--eval_every", "0"), "error", "--eval_every"),
+        # the quantile model, the DDPM-SR trainer, the second testbed
+        Case("quantile train: --quantiles 0.9,0.1 (decreasing)",
+             ["sr_quantile_train.py", *MEAN, *TRAIN, "--log_dir", "logs/fq", "--model_save_dir", "ck/fq",
+              "--quantiles", "0.9,0.1"], "error", "--quantiles"),
+        Case("quantile train: --quantiles 0,0.5 (a level of 0)",
+             ["sr_quantile_train.py", *MEAN, *TRAIN, "--log_dir", "logs/fq", "--model_save_dir", "ck/fq",
+              "--quantiles", "0,0.5"], "error", "--quantiles"),
+        Case("mean train: --residual True for a variance model", ["sr_var_train.py", *MEAN, *TRAIN, "--log_dir",
+             "logs/fvr", "--model_save_dir", "ck/fvr", "--residual", "True", "--mean_model_path", "tb/testbed.json"],
+             "error", "residual"),
+        Case("mean train: --norm_groups 5 (does not divide 32 channels)", replace(mean_train, "--log_dir", "logs/fng")
+             + ["--norm_groups", "5"], "error", "norm_groups"),
+        Case("mean train: --lr_schedule exponential", replace(mean_train, "--log_dir", "logs/fls")
+             + ["--lr_schedule", "exponential"], "error", "--lr_schedule"),
+        Case("ddpm train: --timestep_respacing 250 (a sampling flag)",
+             ["sr_ddpm_train.py", *SR16, "--num_channels", "32", "--num_res_blocks", "1", "--class_cond", "False",
+              "--learn_sigma", "True", "--diffusion_steps", "50", *TRAIN, "--log_dir", "logs/fdt", "--model_save_dir",
+              "ck/fdt", "--timestep_respacing", "250"], "error", "--timestep_respacing"),
+        Case("make_testbed: --kind covariance_mixture with --length_scale", make_testbed
+             + ["--kind", "covariance_mixture", "--length_scale", "3"], "error", "--length_scale"),
         Case("sampler study: --num_samples 1 (no variance)", replace(study, "--num_samples", "1"), "error",
              "--num_samples"),
         # stops
@@ -858,9 +877,9 @@ def held_out_cases():
                "tb/to_sample_data_info.pkl", "--log_dir", "logs/pc", "--output_dir", "out/hpc",
                "--model_path", "ck/pc/model000002.pt"]
     make_testbed = ["scripts/make_testbed.py", "--out_dir", "htb", *SR16, "--num_train", "0", "--num_eval", "2"]
-    testbed_study = ["scripts/testbed_study.py", "--out_dir", "htbs", *SR16, "--num_train", "40", "--small_train",
-                     "8", "--num_eval", "4", "--steps", "4", "--eval_every", "2", "--batch_size", "4",
-                     "--reference_images", "2", "--reference_samples", "8", "--num_pcs", "2"]
+    testbed_study = ["scripts/testbed_study.py", "--out_dir", "htbs", *SR16, "--num_train", "40", "--num_eval", "4",
+                     "--steps", "4", "--eval_every", "2", "--seeds", "1", "--reference_images", "2",
+                     "--reference_samples", "8", "--num_pcs", "2"]
     return [
         Case("mean train: --microbatch 3 of --batch_size 4 (weighted pieces)",
              own(mean_train, "hmb") + ["--microbatch", "3", "--max_step", "1"], "ok",
@@ -892,8 +911,8 @@ def held_out_cases():
              "error", "ck"),
         Case("sweep: --levels 1.5 (a ratio above 1)", sweep + ["--levels", "1.5"], "error", "--levels"),
         Case("sampler study: --eta -1", study + ["--eta", "-1"], "error", "--eta"),
-        Case("testbed study: --small_train above --num_train", replace(testbed_study, "--small_train", "80"),
-             "error", "--small_train"),
+        Case("testbed study: --reference_images above --num_eval", replace(testbed_study, "--reference_images", "8"),
+             "error", "--reference_images"),
         Case("make_testbed: --out_dir a file", replace(make_testbed, "--out_dir", "random.pt"), "error",
              "--out_dir"),
         Case("make_testbed: --small_size 5 does not divide --large_size 16",

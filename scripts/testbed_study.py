@@ -74,7 +74,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def defaults():
     return dict(out_dir="outputs/testbed_study", testbed="covariance_mixture", large_size=32, small_size=8,
-                length_scale=2.0, num_train=40000, num_eval=100, recipe=CHOSEN, ablations="", seeds=3, steps=2000,
+                length_scale=2.0, num_train=40000, num_eval=100, recipe=CHOSEN, ablations="", seeds=3, steps=1500,
                 eval_every=250, reference_images=24, reference_samples=100, num_pcs=5, quantiles="0.05,0.5,0.95",
                 delta=0.1, calibration_splits=200, seed=0, parallel=True)
 
@@ -109,7 +109,8 @@ def main():
     out = os.path.abspath(a.out_dir)
     require_writable_dir(out, "out_dir")
     # more seeds or ablations add runs to a study; what its runs are is recorded
-    flags = {k: v for k, v in vars(a).items() if k not in ("parallel", "ablations", "seeds", "calibration_splits")}
+    flags = {k: v for k, v in vars(a).items() if k not in ("out_dir", "parallel", "ablations", "seeds",
+                                                          "calibration_splits")}
     if a.testbed != "gaussian_scale_mixture":
         del flags["length_scale"]  # the first testbed's parameter
     record_run_flags(os.path.join(out, "study_flags.json"), flags, "out_dir")
