@@ -352,7 +352,7 @@ def calibration_lines(out, images, a, models, samples):
         base = load_pickle(os.path.join(out, "baseline_outputs.pkl"))
         bq = base["quantiles"]
         sources["least-squares baseline"] = (bq[mid], bq[mid] - bq[lo], bq[hi] - bq[mid])
-        alpha = 1 - (levels[hi] - levels[lo])
+        alpha = round(1 - (levels[hi] - levels[lo]), 12)  # 0.1, not 0.10000000000000009
         return interval_scores(images, sources, alpha=alpha, delta=a.delta, splits=a.calibration_splits, seed=a.seed)
 
     return cached_json(os.path.join(out, "calibration.json"), compute)

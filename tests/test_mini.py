@@ -20,7 +20,7 @@ def test_mini_script_end_to_end(tmp_path):
     # capped at 1, so a barely trained clean model can merge them into one
     assert len(results["mnist"]) in (6, 7)
     assert {"mean", "var", "exact", "calibration", "mc_floor", "split_half", "ci95"} <= set(results["sr"])
-    assert {"var_model_vs_target", "var_ratio", "var_ratio_by_scale"} <= set(results["sr"]["exact"])
+    assert {"var_model_vs_target", "var_ratio"} <= set(results["sr"]["exact"]) and results["sr"]["by_component"]
     assert all(os.path.exists(p) for p in results["figures"]) and len(results["figures"]) >= 4
     # on the testbed each figure adds the exact posterior std: seven tiles of 32 px
     from PIL import Image
