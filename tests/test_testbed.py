@@ -174,13 +174,13 @@ def per_pixel_statistics(tb, samples, y, k):
     return Q, V, sd
 
 
-@pytest.mark.parametrize("respacing", ["250", "10"])
+@pytest.mark.parametrize("respacing", ["100", "10"])
 def test_exact_teacher_gives_exact_posterior_samples(respacing):
     """
     The `exact` teacher (the chain of exact reverse transitions) through the sampler's entry
     point, at 32 px with length scale 2, 400 samples for an image of each scale: the
     per-pixel mean and variance match the closed form within 4 of their exact standard
-    deviations, at 250 steps and at 10; and the 20 leading directions of the posterior
+    deviations, at 100 steps and at 10; and the 20 leading directions of the posterior
     covariance keep their variance (the `ideal_ddpm` teacher, one diagonal Gaussian per
     step, loses 6-12% there).
     """
