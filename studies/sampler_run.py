@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch as th
 
-from guided_diffusion.script_util import create_gaussian_diffusion
+from guided_diffusion.script_util import create_gaussian_diffusion, diffusion_from_flags
 from imaging import area_downsample, to_float, to_uint8
 from runkit import logger
 from runkit.fileio import cached_json
@@ -88,27 +88,35 @@ def floor_moments(images, num_samples, variance_factor=1.0):
     return np.stack(means), np.stack(variances)
 
 
-def sampled_moments(images, sampler, nfe, num_samples, batch_size, seed, eta=0.0, perturbation=0.0):
+def sampled_moments(images, sampler, nfe, num_samples, batch_size, seed, eta=0.0, perturbation=0.0, network=None):
     """
     One sampler ("name" or "name@logsnr") at one NFE over every image, each sample from its
     own stream: (means, unbiased variances [N, C, H, W] of the uint8 samples, seconds per sample).
+    The teacher is the testbed's (ideal, or "exact"), or with `network` = (model, flags) a
+    trained DDPM-SR upsampler (sr_create_model_and_diffusion's model with its weights, in eval
+    mode, and the model and diffusion flags it was built from).
     """
     testbed = images.testbed
     sampler, _, spacing = sampler.partition("@")
-    diffusion = create_gaussian_diffusion(steps=1000, learn_sigma=True, noise_schedule="linear",
-                                          timestep_respacing=f"{spacing}{nfe}")
-    if sampler == "exact":
-        teacher, name = ExactTestbedTeacher(testbed, diffusion), "ancestral"
+    if network is not None:
+        (teacher, flags), name = network, sampler
+        diffusion = diffusion_from_flags({**flags, "timestep_respacing": f"{spacing}{nfe}"})
     else:
-        teacher, name = TestbedTeacher(testbed, diffusion, learn_sigma=True, perturbation=perturbation), sampler
+        diffusion = create_gaussian_diffusion(steps=1000, learn_sigma=True, noise_schedule="linear",
+                                              timestep_respacing=f"{spacing}{nfe}")
+        if sampler == "exact":
+            teacher, name = ExactTestbedTeacher(testbed, diffusion), "ancestral"
+        else:
+            teacher, name = TestbedTeacher(testbed, diffusion, learn_sigma=True, perturbation=perturbation), sampler
     means, variances, seconds, size = [], [], 0.0, testbed.params.large_size
-    for image_name, truth in zip(images.names, images.uint8):
+    for image_name, truth, k in zip(images.names, images.uint8, images.ks):
         low_res = area_downsample(to_float(truth[None]), testbed.params.small_size)
+        y = k if network is not None and network[1]["class_cond"] else None  # a testbed's class: its component
         draws = []
         for start in range(0, num_samples, batch_size):
             seeds = [sample_seed(seed, image_name, i) for i in range(start, min(start + batch_size, num_samples))]
             t0 = time.perf_counter()
-            batch = sample_images(teacher, diffusion, low_res, None, seeds, size, sampler=name, eta=eta)
+            batch = sample_images(teacher, diffusion, low_res, y, seeds, size, sampler=name, eta=eta)
             seconds += time.perf_counter() - t0
             draws.append(to_uint8(batch).numpy())
         mean, var = sample_moments(np.concatenate(draws).astype(np.float64))
