@@ -880,6 +880,9 @@ def held_out_cases():
     testbed_study = ["scripts/testbed_study.py", "--out_dir", "htbs", *SR16, "--num_train", "40", "--num_eval", "4",
                      "--steps", "4", "--eval_every", "2", "--seeds", "1", "--reference_images", "2",
                      "--reference_samples", "8", "--num_pcs", "2"]
+    teacher_study = ["scripts/teacher_study.py", "--out_dir", "hts", *SR16, "--num_train", "40", "--num_eval", "4",
+                     "--num_images", "2", "--num_samples", "3", "--steps", "2", "--save_interval", "2",
+                     "--paper_steps", "10", "--reference_steps", "20", "--configurations", "ancestral:10,ancestral:20"]
     return [
         Case("mean train: --microbatch 3 of --batch_size 4 (weighted pieces)",
              own(mean_train, "hmb") + ["--microbatch", "3", "--max_step", "1"], "ok",
@@ -913,6 +916,14 @@ def held_out_cases():
         Case("sampler study: --eta -1", study + ["--eta", "-1"], "error", "--eta"),
         Case("testbed study: --reference_images above --num_eval", replace(testbed_study, "--reference_images", "8"),
              "error", "--reference_images"),
+        Case("teacher study: --configurations without the paper's ancestral:10",
+             replace(teacher_study, "--configurations", "ancestral:20"), "error", "--paper_steps"),
+        Case("teacher study: --configurations euler:10", replace(teacher_study, "--configurations", "euler:10"),
+             "error", "--configurations"),
+        Case("teacher study: --num_images above --num_eval", replace(teacher_study, "--num_images", "8"), "error",
+             "--num_images"),
+        Case("teacher study: --models_dir that does not exist", teacher_study + ["--models_dir", "nowhere"], "error",
+             "--models_dir"),
         Case("make_testbed: --out_dir a file", replace(make_testbed, "--out_dir", "random.pt"), "error",
              "--out_dir"),
         Case("make_testbed: --small_size 5 does not divide --large_size 16",

@@ -153,7 +153,11 @@ def test_bad_testbed_parameters_through_the_script(tmp_path):
             ("scripts/sampler_study.py", ["--band", "1.5"], "--band 1.5"),
             ("scripts/testbed_study.py", ["--recipe", "fast"], "--recipe 'fast' is not one of"),
             ("scripts/testbed_study.py", ["--ablations", "paper,fast"], "--ablations"),
-            ("scripts/testbed_study.py", ["--quantiles", "0.5"], "at least two levels")):
+            ("scripts/testbed_study.py", ["--quantiles", "0.5"], "at least two levels"),
+            ("scripts/teacher_study.py", ["--configurations", "ancestral:250,euler:10"], "--configurations item"),
+            ("scripts/teacher_study.py", ["--reference_steps", "500"], "must include ancestral:500"),
+            ("scripts/teacher_study.py", ["--ema_rate", "0.99,0.999"], "--ema_rate"),
+            ("scripts/teacher_study.py", ["--save_interval", "700"], "multiple of --save_interval")):
         assert_user_error(run_script([script, "--out_dir", "study", *extra], cwd=tmp_path, check=False), needle)
     assert os.listdir(tmp_path) == []
 
