@@ -131,6 +131,7 @@ class CovarianceMixture(ExactTestbed):
     """The second testbed's prior, exact posterior, denoiser and exact reverse chain (float64 numpy / torch)."""
 
     kind = "covariance_mixture"
+    PRIOR_CUTOFF = 1e-6  # the exact chain leaves out components of p(k | y) at or below this (_candidates)
 
     def __init__(self, params=CovarianceMixtureParams()):
         self.params = p = params
@@ -339,12 +340,17 @@ class CovarianceMixture(ExactTestbed):
 
     def _candidates(self, log_prior):
         """
-        The components that p(k | y) leaves a weight above 1e-6 for some image of the batch. Given
-        x_t a component's weight p(k | x_t, y) averages to p(k | y) over x_t, so dropping the
-        others changes the teachers' draws with probability below 1e-6 and saves their transforms.
+        The exact chain's components: those that p(k | y) leaves a weight above PRIOR_CUTOFF for
+        some image of the batch, and log p(k | y) over them, -inf where an image's own weight is
+        not above it (each image keeps its own components whatever shares its batch). The chain's
+        x_t are drawn from the true process, where p(k | x_t, y) averages to p(k | y): the cut
+        changes a draw with probability below PRIOR_CUTOFF and saves the other components'
+        transforms. The denoiser keeps every component: a sampler's x_t can lie where a component
+        of negligible p(k | y) dominates p(k | x_t, y) (measured: ancestral sampling at 25 steps).
         """
-        w = th.softmax(log_prior, dim=1)
-        return [kk for kk in range(self.num_components) if bool((w[:, kk] > 1e-6).any())]
+        keep = th.softmax(log_prior, dim=1) > self.PRIOR_CUTOFF
+        candidates = [kk for kk in range(self.num_components) if bool(keep[:, kk].any())]
+        return candidates, log_prior[:, candidates].masked_fill(~keep[:, candidates], -math.inf)
 
     def denoise(self, x_t, alpha_bar, y):
         """
@@ -370,7 +376,7 @@ class CovarianceMixture(ExactTestbed):
         xr = self._r_basis(x_t.double().reshape(B, C, n), T).transpose(0, 1)  # [C, B, n]
         yr = self._r_basis(y.double().reshape(B, C, -1), T)
         log_prior = self._log_component_prior(yr, T)
-        candidates = self._candidates(log_prior)
+        candidates = range(self.num_components)  # every one (see _candidates); `active` below drops the negligible
         yr = yr.transpose(0, 1)  # [C, B, m]
         log_lik, parts = [], []
         for kk in candidates:
@@ -380,7 +386,7 @@ class CovarianceMixture(ExactTestbed):
             denom = a ** 2 * lam + b2
             log_lik.append(-0.5 * (th.log(denom).sum(dim=(0, 2)).expand(B) + (coords ** 2 / denom).sum(dim=(0, 2))))
             parts.append((mean_y, coords, lam, denom))
-        log_w = log_prior[:, candidates] + th.stack(log_lik, dim=1)
+        log_w = log_prior + th.stack(log_lik, dim=1)
         w = th.softmax(log_w, dim=1)  # p(k | x_t, y) over the candidates: [B, K']
         active = [j for j in range(len(candidates)) if bool((w[:, j] > 1e-12).any())]
         r2 = (T["U_r"] ** 2)
@@ -424,8 +430,7 @@ class CovarianceMixture(ExactTestbed):
         n = L * L
         yr = self._r_basis(y.double().reshape(B, C, -1), T)
         log_prior = self._log_component_prior(yr, T)
-        candidates = self._candidates(log_prior)
-        log_prior = log_prior[:, candidates]
+        candidates, log_prior = self._candidates(log_prior)
         yr = yr.transpose(0, 1)  # [C, B, m]: R's eigenbasis first, as in denoise
         mean_y = [th.bmm(yr, T["M"][kk].transpose(1, 2)) for kk in candidates]  # M_k y: [C, B, n]
         ab = np.asarray(alphas_cumprod, dtype=np.float64)
