@@ -182,7 +182,8 @@ def sample_images(model, diffusion, low_res, y, seeds, large_size, *, clip_denoi
                   eta=0.0, progress=False):
     """
     One sample per seed, [len(seeds), 3, L, L] floats in [-1, 1], for one low-res image
-    [1, 3, l, l]; sample b comes from the random stream of seeds[b] alone.
+    [1, 3, l, l] (or one per seed, [len(seeds), 3, l, l], with y a class or one per seed);
+    sample b comes from the random stream of seeds[b] alone.
     """
     noise = SampleNoise(seeds, low_res.device)
     num = len(noise)
@@ -190,7 +191,7 @@ def sample_images(model, diffusion, low_res, y, seeds, large_size, *, clip_denoi
         return model.sample(low_res.expand(num, -1, -1, -1), noise)
     model_kwargs = {"low_res": low_res.expand(num, -1, -1, -1)}
     if y is not None:
-        model_kwargs["y"] = th.full((num,), int(y), device=low_res.device, dtype=th.long)
+        model_kwargs["y"] = th.as_tensor(y, device=low_res.device, dtype=th.long).expand(num)
     shape = (num, 3, large_size, large_size)
     return samplers.sample(diffusion, model, shape, sampler=sampler, eta=eta, noise=noise.normal(shape[1:]),
                            noise_fn=noise.like, clip_denoised=clip_denoised, model_kwargs=model_kwargs,

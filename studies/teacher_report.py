@@ -249,13 +249,13 @@ def _cost_lines(results):
     lines = []
     for part in ("testbed", "training"):
         for c in costs.get(part, []):
-            extra = (f" (steps {c['from_step']}-{c['to_step']}: {c['seconds'] / max(c['to_step'] - c['from_step'], 1):.2f}"
+            extra = (f" (steps {c['from_step']}-{c['to_step']}: {c['seconds'] / max(c['to_step'] - c['from_step'], 1):.3g}"
                      f" s per step)" if part == "training" else "")
             lines.append(f"- {part}: {c['seconds'] / 60:.1f} min{extra}")
     final = str(results["final_step"])
     for teacher, sets in (("trained", results["trained"][final]), ("ideal", results["ideal"])):
         per_nfe = [r["seconds_per_sample"] / r["nfe"] * 1e3 for r in sets.values()]
-        lines.append(f"- sampling, {teacher} teacher: {min(per_nfe):.2f}-{max(per_nfe):.2f} ms per sample per NFE; "
+        lines.append(f"- sampling, {teacher} teacher: {min(per_nfe):.3g}-{max(per_nfe):.3g} ms per sample per NFE; "
                      f"{sum(r['wall_time_s'] for r in sets.values()) / 60:.1f} min for its configurations at the last step")
     curve = [r for step, sets in results["trained"].items() if step != final for r in sets.values()]
     if curve:

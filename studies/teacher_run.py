@@ -186,7 +186,7 @@ def teacher_sets(images, folder, configurations, num_samples, batch_size, seed, 
             start = time.time()
             moments = sampled_moments(images, sampler, nfe, num_samples, batch_size, seed, network=network)
             logger.log(f"{label} {key}: {moments[2] * 1e3:.1f} ms per sample, "
-                       f"{moments[2] / nfe * 1e3:.2f} ms per sample per NFE ({time.time() - start:.0f} s)")
+                       f"{moments[2] / nfe * 1e3:.3g} ms per sample per NFE ({time.time() - start:.0f} s)")
             return moments
 
         out[key] = sample_set(images, folder, key, compute, sampler=sampler, nfe=nfe, perturbation=0.0)
@@ -273,16 +273,17 @@ def denoiser_errors(images, network, seed, draws=4):
     the network's expected training MSE at t.
     """
     model, flags = network
+    device = next(model.parameters()).device
     diffusion = diffusion_from_flags({**flags, "timestep_respacing": ""})
-    ideal = TestbedTeacher(images.testbed, diffusion, learn_sigma=True)
+    ideal = TestbedTeacher(images.testbed, diffusion, learn_sigma=True).to(device)
     x = to_float(images.uint8).repeat_interleave(draws, 0)
-    low_res = area_downsample(x, images.small_size)
-    generator = th.Generator().manual_seed(seed)
+    low_res = area_downsample(x, images.small_size).to(device)
+    generator = th.Generator().manual_seed(seed)  # the same noises on any device
     out = {}
     for t in DENOISER_TIMESTEPS:
         noise = th.randn(x.shape, generator=generator)
-        steps = th.full((len(x),), t)
-        x_t = diffusion.q_sample(x, steps, noise)
+        x_t = diffusion.q_sample(x, th.full((len(x),), t), noise).to(device)
+        noise, steps = noise.to(device), th.full((len(x),), t, device=device)
         with th.no_grad():
             net = model(x_t, steps, low_res=low_res)[:, :3]
             exact = ideal(x_t, steps, low_res=low_res)[:, :3]

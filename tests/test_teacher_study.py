@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from runkit import UserError
-from studies.sampler_run import evaluation_images, scored
+from studies.sampler_run import evaluation_images, sampled_moments, scored
 from studies.teacher_run import against, against_reference, exact_draws, parse_configurations, stratified
 from testbed import CovarianceMixture, CovarianceMixtureParams
 from testbed.scoring import within_floor
@@ -121,3 +121,14 @@ def test_configurations_and_the_stratified_images():
     pairs = [("a0", 0), ("a1", 0), ("a2", 0), ("b0", 1), ("c0", 2), ("c1", 2)]
     assert stratified(pairs, 4) == [("a0", 0), ("a1", 0), ("b0", 1), ("c0", 2)]
     assert stratified(pairs, 6) == sorted(pairs, key=lambda p: (p[1], p[0]))
+
+
+def test_a_sample_does_not_depend_on_the_images_in_its_batch():
+    """sampled_moments batches samples across images (a GPU needs it); each sample still comes from its own stream
+    and its own image's mixture: one image per batch and every image in one batch give the same moments."""
+    testbed = CovarianceMixture(CovarianceMixtureParams(large_size=16, small_size=4))
+    images16 = evaluation_images(testbed, 8, seed=0)  # every component, whose p(k | y) differ across the batch
+    for sampler in ("ancestral", "exact"):
+        alone = sampled_moments(images16, sampler, 20, 5, 5, seed=0)
+        together = sampled_moments(images16, sampler, 20, 5, 40, seed=0)
+        assert np.array_equal(alone[0], together[0]) and np.array_equal(alone[1], together[1]), sampler
