@@ -51,8 +51,8 @@ from testbed import TESTBED_CHECKS, TESTBED_KINDS, TESTBED_RULES
 
 def defaults():
     return dict(out_dir="outputs/teacher_study", testbed="covariance_mixture", large_size=32, small_size=8,
-                length_scale=2.0, num_train=40000, num_eval=100, seed=0, num_images=10, num_samples=20,
-                batch_size=100, steps=3000, save_interval=1500, train_batch_size=16, lr=1e-3, ema_rate="0.99",
+                length_scale=2.0, num_train=40000, num_eval=100, seed=0, num_images=10, num_samples=16,
+                batch_size=16, steps=3000, save_interval=1500, train_batch_size=16, lr=1e-3, ema_rate="0.99",
                 configurations=DEFAULT_CONFIGURATIONS, paper_steps=250, reference_steps=1000, band=0.03,
                 models_dir="outputs/testbed_study", mean_run="mean_s0", var_run="var_s0")
 
