@@ -21,13 +21,15 @@ closed-form baselines fitted on the same training images (least squares for the 
 y-independent and quadratic variance maps, the pooled PCA of the residuals, the residuals'
 quantiles); N exact posterior samples (the Monte Carlo floor); N ideal-DDPM-SR samples (the
 testbed's perfect upsampler sampled as the paper samples, 250 steps, on --reference_images of
-the images). --ablations trains one mean model per other recipe (the recipe table). Writes
+the images). --ablations trains one mean model per other recipe (the recipe table); --kinds
+mean trains the mean models alone (a recipe study, without the variance and quantile models
+and their intervals). Writes
 {out_dir}/results.json, results.md, convergence.png, intervals.png and principal_directions.png;
 every stage resumes.
 
     python scripts/testbed_study.py                                     # docs/testbed.md says how long
     python scripts/testbed_study.py --testbed gaussian_scale_mixture --out_dir outputs/testbed_study_gsm
-    python scripts/testbed_study.py --out_dir outputs/recipes --ablations paper,residual,norm8 --seeds 1
+    python scripts/testbed_study.py --out_dir outputs/recipes --kinds mean --num_pcs 0 --ablations paper,residual,norm8
     python scripts/testbed_study.py --out_dir /tmp/tiny --large_size 16 --small_size 4 --num_train 64 \\
         --num_eval 8 --steps 4 --eval_every 2 --reference_images 2 --reference_samples 4 --num_pcs 2 --seeds 2 \\
         --calibration_splits 5
@@ -54,6 +56,7 @@ from sr_var.quantiles import parse_levels
 from studies.recipes import CHOSEN, RECIPES
 from studies.testbed_report import direction_figure, interval_figure, write_report
 from studies.testbed_run import (
+    STUDY_KINDS,
     FinalModels,
     baseline_lines,
     calibration_lines,
@@ -74,7 +77,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def defaults():
     return dict(out_dir="outputs/testbed_study", testbed="covariance_mixture", large_size=32, small_size=8,
-                length_scale=2.0, num_train=40000, num_eval=100, recipe=CHOSEN, ablations="", seeds=3, steps=1500,
+                length_scale=2.0, num_train=40000, num_eval=100, recipe=CHOSEN, ablations="", kinds="mean,var,quantile", seeds=3, steps=1500,
                 eval_every=250, reference_images=24, reference_samples=100, num_pcs=5, quantiles="0.05,0.5,0.95",
                 delta=0.1, calibration_splits=200, seed=0, parallel=True)
 
@@ -89,6 +92,10 @@ def check(a):
     check_choice(a.testbed, tuple(TESTBED_KINDS), "testbed")
     check_choice(a.recipe, tuple(RECIPES), "recipe")
     a.ablations = comma_list(a.ablations, "ablations", choices=tuple(RECIPES)) if a.ablations else []
+    a.kinds = comma_list(a.kinds, "kinds", choices=STUDY_KINDS)
+    if "mean" not in a.kinds:
+        raise UserError(f"--kinds {','.join(a.kinds) or repr('')}: include mean (the variance and PC models learn "
+                        f"its residuals, and every table starts from it)")
     if len(parse_levels(a.quantiles)) < 2:
         raise UserError(f"--quantiles {a.quantiles!r}: give at least two levels (an interval's ends)")
     if a.num_pcs and a.num_pcs >= a.reference_samples:
@@ -108,8 +115,8 @@ def main():
     check(a)
     out = os.path.abspath(a.out_dir)
     require_writable_dir(out, "out_dir")
-    # more seeds or ablations add runs to a study; what its runs are is recorded
-    flags = {k: v for k, v in vars(a).items() if k not in ("out_dir", "parallel", "ablations", "seeds",
+    # more seeds, ablations or kinds add runs to a study (earlier runs stay in it); what its runs are is recorded
+    flags = {k: v for k, v in vars(a).items() if k not in ("out_dir", "parallel", "ablations", "kinds", "seeds",
                                                           "calibration_splits")}
     if a.testbed != "gaussian_scale_mixture":
         del flags["length_scale"]  # the first testbed's parameter
@@ -136,7 +143,9 @@ def main():
     refs["baselines"] = baseline_lines(out, data, images, a)
     models = FinalModels(out, images, runs, a.steps)
     scores = score_checkpoints(out, images, runs, models)
-    calibration = calibration_lines(out, images, a, models, samples)
+    # the intervals compare the quantile and the variance model: without them there is nothing to calibrate
+    calibration = (calibration_lines(out, images, a, models, samples)
+                   if {"var_s0", "quantile_s0"} <= set(models.runs) else None)
     cost = dict(forward_s=forward_seconds(models), ideal_ddpm_s=refs["ideal_ddpm"]["seconds_per_image"])
     results = dict(config=vars(a), runs=[dict(name=r.name, kind=r.kind, recipe=r.recipe, seed=r.seed, mean=r.mean)
                                          for r in runs],

@@ -274,7 +274,9 @@ def convergence_figure(results, path):
                refs["baselines"]["var_quadratic"]),
               ("quantile", None, "quantile model: error in stds (middle level)", refs["mc_floor"]["quantile"],
                refs["baselines"]["quantile"])]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+    panels = [p for p in panels if any(name.startswith(f"{p[0]}_s") for name in scores)]  # the kinds trained
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 4.4), squeeze=False)
+    axes = axes[0]
     for ax, (prefix, path_, title, floor, base) in zip(axes, panels):
         if path_ is None:  # the middle quantile level
             levels = quantile_levels(floor)

@@ -44,6 +44,7 @@ from .recipes import RECIPES
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {"mean": "sr_mean_train.py", "var": "sr_var_train.py", "pc": "sr_pc_train.py",
            "quantile": "sr_quantile_train.py"}
+STUDY_KINDS = ("mean", "var", "quantile")  # --kinds; the PC models come with --num_pcs
 
 
 def study_images(data_dir, large_size, small_size):
@@ -79,29 +80,47 @@ class Run:
 
 def planned_runs(a):
     """
-    The study's trainings: the chosen recipe's mean, variance and quantile models for each of
-    --seeds seeds (each variance model on its own seed's mean model), the PC model on x - E[x|y]
-    and on x - m(y) (seed 0), and one mean model per recipe of --ablations (seed 0).
+    The study's trainings: the chosen recipe's models of --kinds for each of --seeds seeds (each
+    variance model on its own seed's mean model), the PC model on x - E[x|y] and on x - m(y)
+    (seed 0), and one mean model per recipe of --ablations (seed 0).
     """
     # in the order they are queued: the mean models first (the others wait for them)
     runs = [Run(f"mean_s{s}", "mean", a.recipe, s) for s in range(a.seeds)]
     runs += [Run(f"mean@{r}", "mean", r, 0) for r in a.ablations if r != a.recipe]
     for s in range(a.seeds):
-        runs += [Run(f"var_s{s}", "var", a.recipe, s, f"mean_s{s}"), Run(f"quantile_s{s}", "quantile", a.recipe, s)]
+        runs += [run_named(f"{kind}_s{s}", a.recipe) for kind in ("var", "quantile") if kind in a.kinds]
     if a.num_pcs:
-        runs += [Run("pc_exact_mean", "pc", a.recipe, 0, "exact"), Run("pc", "pc", a.recipe, 0, "mean_s0")]
+        runs += [run_named("pc_exact_mean", a.recipe), run_named("pc", a.recipe)]
     return runs
 
 
+def run_named(name, recipe):
+    """The Run a training folder's name stands for (mean_s1, var_s1, quantile_s1, pc, mean@residual, ...), or None."""
+    if name.startswith("mean@"):
+        return Run(name, "mean", name[5:], 0) if name[5:] in RECIPES else None
+    if name == "pc_exact_mean":
+        return Run(name, "pc", recipe, 0, "exact")
+    if name == "pc":
+        return Run(name, "pc", recipe, 0, "mean_s0")
+    kind, _, seed = name.rpartition("_s")
+    if kind not in STUDY_KINDS or not seed.isdigit():
+        return None
+    return Run(name, kind, recipe, int(seed), f"mean_s{seed}" if kind == "var" else "")
+
+
 def finished_runs(runs, out, steps):
-    """The planned runs, and the ablations and seeds an earlier call trained into this folder (they stay in the report)."""
+    """The planned runs, and those an earlier call trained into this folder (seeds, ablations, kinds: they stay)."""
     names = {run.name for run in runs}
+    recipe = runs[0].recipe
     folder = os.path.join(out, "checkpoints")
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        if name in names or not os.path.exists(os.path.join(folder, name, f"model{steps:06d}.pt")):
+        run = run_named(name, recipe)
+        if name in names or run is None or not os.path.exists(os.path.join(folder, name, f"model{steps:06d}.pt")):
             continue
-        if name.startswith("mean@") and name[5:] in RECIPES:
-            runs.append(Run(name, "mean", name[5:], 0))
+        if run.mean and run.mean != "exact" and run.mean not in names:
+            continue  # its mean model is not in the study
+        runs.append(run)
+        names.add(name)
     return runs
 
 

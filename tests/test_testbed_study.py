@@ -41,11 +41,14 @@ def test_testbed_study_runs_end_to_end_and_resumes(tmp_path):
                    "## Quantiles", "## Intervals with a guarantee", "`paper`", "PCA of 4 exact posterior samples"):
         assert needle in table, needle
     assert (out / "convergence.png").stat().st_size > 10_000
-    # a rerun trains nothing and scores from its cache (the ablation stays in the report); a contradicting flag is refused
+    # a rerun asking for less trains nothing and scores from its cache: what an earlier call trained (the ablation,
+    # the variance and quantile models) stays in the report; a contradicting flag is refused
     before = {p: os.path.getmtime(p) for p in (out / "checkpoints").rglob("*.pt")}
-    rerun = run_script(["scripts/testbed_study.py", "--out_dir", str(out), *TINY])
+    rerun = run_script(["scripts/testbed_study.py", "--out_dir", str(out), *TINY, "--kinds", "mean"])
     assert "steps each)" not in rerun.stdout  # no training
     assert before == {p: os.path.getmtime(p) for p in (out / "checkpoints").rglob("*.pt")}
+    again = json.loads((out / "results.json").read_text())
+    assert set(again["scores"]) == set(results["scores"]) and again["calibration"] == calibration
     assert "`paper`" in (out / "results.md").read_text()
     refused = run_script(["scripts/testbed_study.py", "--out_dir", str(out), *TINY[:-8], "--reference_samples", "8",
                           *TINY[-6:]], check=False)
@@ -54,3 +57,15 @@ def test_testbed_study_runs_end_to_end_and_resumes(tmp_path):
                            "--num_pcs", "4", *TINY[-4:]], check=False)  # 4 samples have at most 3 components
     assert too_many.returncode == 2 and "--num_pcs 4 should be below" in too_many.stderr
     assert not (tmp_path / "other").exists()
+
+
+def test_a_recipe_study_trains_the_mean_models_alone(tmp_path):
+    out = tmp_path / "recipes"
+    means = [*TINY[:16], "--num_pcs", "0", "--seeds", "1", *TINY[20:], "--kinds", "mean", "--ablations", "residual"]
+    run_script(["scripts/testbed_study.py", "--out_dir", str(out), *means])
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["scores"]) == {"mean_s0", "mean@residual"} and results["calibration"] is None
+    assert sorted(os.listdir(out / "checkpoints")) == ["mean@residual", "mean_s0"]
+    table = (out / "results.md").read_text()
+    assert "## Training recipes of the mean model" in table and "## Intervals with a guarantee" not in table
+    assert (out / "convergence.png").stat().st_size > 5_000
