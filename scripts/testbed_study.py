@@ -23,13 +23,15 @@ quantiles); N exact posterior samples (the Monte Carlo floor); N ideal-DDPM-SR s
 testbed's perfect upsampler sampled as the paper samples, 250 steps, on --reference_images of
 the images). --ablations trains one mean model per other recipe (the recipe table); --kinds
 mean trains the mean models alone (a recipe study, without the variance and quantile models
-and their intervals). Writes
-{out_dir}/results.json, results.md, convergence.png, intervals.png and principal_directions.png;
-every stage resumes.
+and their intervals). With a teacher study's results.json of the same testbed
+(--teacher_results), the models are also scored on its images beside its trained teacher's
+sample sets (a table and convergence_vs_teacher.png). Writes {out_dir}/results.json,
+results.md, convergence.png, intervals.png and principal_directions.png; every stage resumes.
 
     python scripts/testbed_study.py                                     # docs/testbed.md says how long
     python scripts/testbed_study.py --testbed gaussian_scale_mixture --out_dir outputs/testbed_study_gsm
     python scripts/testbed_study.py --out_dir outputs/recipes --kinds mean --num_pcs 0 --ablations paper,residual,norm8
+    python scripts/testbed_study.py --teacher_results outputs/teacher_study/results.json
     python scripts/testbed_study.py --out_dir /tmp/tiny --large_size 16 --small_size 4 --num_train 64 \\
         --num_eval 8 --steps 4 --eval_every 2 --reference_images 2 --reference_samples 4 --num_pcs 2 --seeds 2 \\
         --calibration_splits 5
@@ -64,10 +66,12 @@ from studies.testbed_run import (
     finished_runs,
     forward_seconds,
     planned_runs,
+    read_teacher_results,
     reference_lines,
     score_checkpoints,
     stage,
     study_images,
+    teacher_lines,
     train_runs,
 )
 from testbed import TESTBED_CHECKS, TESTBED_KINDS, TESTBED_RULES
@@ -79,7 +83,7 @@ def defaults():
     return dict(out_dir="outputs/testbed_study", testbed="covariance_mixture", large_size=32, small_size=8,
                 length_scale=2.0, num_train=40000, num_eval=100, recipe=CHOSEN, ablations="", kinds="mean,var,quantile", seeds=3, steps=1500,
                 eval_every=250, reference_images=24, reference_samples=100, num_pcs=5, quantiles="0.05,0.5,0.95",
-                delta=0.1, calibration_splits=200, seed=0, parallel=True)
+                delta=0.1, calibration_splits=200, seed=0, teacher_results="", parallel=True)
 
 
 RULES = dict(TESTBED_RULES, num_train=AT_LEAST_ONE, num_eval=AT_LEAST_ONE, seeds=AT_LEAST_ONE, steps=AT_LEAST_ONE,
@@ -107,17 +111,18 @@ def check(a):
         raise UserError(f"--reference_images {a.reference_images} should be at most --num_eval {a.num_eval}")
     if a.num_eval < 4:
         raise UserError(f"--num_eval {a.num_eval}: the calibration splits need at least 4 images")
+    return read_teacher_results(a.teacher_results, a) if a.teacher_results else None
 
 
 @run_main
 def main():
     a = create_argparser(defaults(), rules=RULES, checks=TESTBED_CHECKS, description=__doc__).parse_args()
-    check(a)
+    teacher = check(a)
     out = os.path.abspath(a.out_dir)
     require_writable_dir(out, "out_dir")
     # more seeds, ablations or kinds add runs to a study (earlier runs stay in it); what its runs are is recorded
     flags = {k: v for k, v in vars(a).items() if k not in ("out_dir", "parallel", "ablations", "kinds", "seeds",
-                                                          "calibration_splits")}
+                                                          "calibration_splits", "teacher_results")}
     if a.testbed != "gaussian_scale_mixture":
         del flags["length_scale"]  # the first testbed's parameter
     record_run_flags(os.path.join(out, "study_flags.json"), flags, "out_dir")
@@ -150,7 +155,8 @@ def main():
     results = dict(config=vars(a), runs=[dict(name=r.name, kind=r.kind, recipe=r.recipe, seed=r.seed, mean=r.mean)
                                          for r in runs],
                    references=refs, scores=scores, calibration=calibration, cost=cost,
-                   train_seconds=_read_times(out), labels=images.labels, wall_time_s=time.time() - start)
+                   train_seconds=_read_times(out), labels=images.labels, wall_time_s=time.time() - start,
+                   teacher=teacher_lines(teacher, images) if teacher else None)
     save_json(results, os.path.join(out, "results.json"))
     if a.num_pcs:
         direction_figure(models, images, os.path.join(out, "principal_directions.png"), count=min(3, a.num_pcs))

@@ -126,10 +126,13 @@ def write_report(results, out_dir):
     if cfg["num_pcs"]:
         lines += _pc_section(results)
     lines += _recipe_section(results)
+    lines += _teacher_section(results)
     lines += _cost_section(results)
     text = "\n".join(lines) + "\n"
     atomic_write(os.path.join(out_dir, "results.md"), lambda f: f.write(text.encode()))
     convergence_figure(results, os.path.join(out_dir, "convergence.png"))
+    if results.get("teacher"):
+        teacher_figure(results, os.path.join(out_dir, "convergence_vs_teacher.png"))
     return text
 
 
@@ -238,12 +241,85 @@ def _recipe_section(results):
              "| recipe | what it changes | wall time (min) | relative MSE | by component | x floor | x baseline |",
              "|---|---|---|---|---|---|---|"]
     for recipe, run in names:
-        r = scores[run][-1]
         wall = times.get(run, {}).get("seconds")
-        lines.append(f"| `{recipe}` | {RECIPES[recipe].note} | {'–' if wall is None else f'{wall / 60:.1f}'} | "
-                     f"{r['rel_mse']:.4f} {_ci(r, ('rel_mse',), '.4f')} | {by_component(r, ('rel_mse',), '.4f')} | "
-                     f"{r['rel_mse'] / floor:.2f} | {r['rel_mse'] / base:.2f} |")
+        rows = [(f"`{recipe}`", RECIPES[recipe].note, "–" if wall is None else f"{wall / 60:.1f}", scores[run][-1])]
+        if scores.get(f"raw:{run}"):  # the same training, scored without its EMA
+            rows.append((f"`{recipe}`, raw weights", "the same training scored on its weights, not the EMA",
+                         "(the same)", scores[f"raw:{run}"][-1]))
+        for label, note, wall_cell, r in rows:
+            lines.append(f"| {label} | {note} | {wall_cell} | {r['rel_mse']:.4f} {_ci(r, ('rel_mse',), '.4f')} | "
+                         f"{by_component(r, ('rel_mse',), '.4f')} | {r['rel_mse'] / floor:.2f} | "
+                         f"{r['rel_mse'] / base:.2f} |")
     return lines + [""]
+
+
+TEACHER_PANELS = (("mean", ("rel_mse",), "rel_mse", "relative MSE to E[x|y]"),
+                  ("var", ("vs_var", "rel_std_error"), "rel_std_error", "relative std error"))
+
+
+def _on_rows(rows_of_scores, rows, path):
+    """A run's metric at each checkpoint, averaged over the study images `rows` (the teacher study's)."""
+    return [float(np.mean([_get(r["per_image"][i], path) for i in rows])) for r in rows_of_scores]
+
+
+def _teacher_runs(scores, prefix):
+    return [name for name in sorted(scores) if scores[name] and (name.startswith(f"{prefix}_s") or
+                                                                 (prefix == "mean" and name.startswith("mean@")))]
+
+
+def _teacher_section(results):
+    teacher = results.get("teacher")
+    if not teacher:
+        return []
+    scores, rows = results["scores"], teacher["rows"]
+    lines = ["## Beside the trained teacher", "",
+             f"The teacher study's {len(rows)} images, {teacher['num_samples']} samples per image, its teacher "
+             f"trained {teacher['teacher_steps']} steps (scripts/teacher_study.py); the models at their last "
+             f"checkpoint, scored on the same images. A sample set's mean carries 1/N of the posterior variance "
+             f"(the floor's relative MSE), a model's none.", "",
+             "| estimate | relative MSE to E[x\\|y] | relative std error |", "|---|---|---|"]
+    for prefix, path, _, _ in TEACHER_PANELS:
+        for name in _teacher_runs(scores, prefix):
+            value = _on_rows(scores[name][-1:], rows, path)[0]
+            cells = (f"{value:.4f}", "–") if prefix == "mean" else ("–", f"{value:.4f}")
+            lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+    for label, line in teacher["lines"].items():
+        lines.append(f"| {label} | {line['rel_mse']:.4f} [{line['rel_mse_ci95'][0]:.4f}, {line['rel_mse_ci95'][1]:.4f}] "
+                     f"| {line['rel_std_error']:.4f} [{line['rel_std_error_ci95'][0]:.4f}, "
+                     f"{line['rel_std_error_ci95'][1]:.4f}] |")
+    return lines + [""]
+
+
+def teacher_figure(results, path):
+    """The models' error against training step on the teacher study's images, with the teacher's sample sets as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    teacher, scores = results["teacher"], results["scores"]
+    panels = [p for p in TEACHER_PANELS if _teacher_runs(scores, p[0])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.6), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (prefix, metric_path, key, title) in zip(axes[0], panels):
+        for name in _teacher_runs(scores, prefix):
+            rows = scores[name]
+            ax.plot([r["step"] for r in rows], _on_rows(rows, teacher["rows"], metric_path),
+                    "o-" if "@" not in name else ".--", lw=1, ms=3, label=name)
+        for j, (label, line) in enumerate(teacher["lines"].items()):
+            style = dict(color="black", linestyle="--") if "floor" in label else dict(color=colours[j % 10],
+                                                                                        linestyle=":")
+            ax.axhline(line[key], lw=1.5, label=label, **style)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("training step")
+        ax.set_title(f"{title}, {len(teacher['rows'])} images; lines: {teacher['num_samples']} samples per image",
+                     fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=80))
+    plt.close(fig)
 
 
 def _cost_section(results):

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from imaging import VAR_SCALE, to_255
-from runkit import logger
+from runkit import UserError, logger
 from runkit.fileio import cached_json, load_model_weights, load_pickle, read_json, save_json, save_pickle
 from runkit.run import Job, run_children, run_queue
 from runkit.training import list_checkpoints, parse_resume_step_from_filename
@@ -239,21 +239,30 @@ class FinalModels:
 
 
 def score_checkpoints(out, images, runs, models):
-    """Every checkpoint of every run, scored (cached in {out}/scores/{run}/{step}.json)."""
+    """
+    Every checkpoint of every run, scored (cached in {out}/scores/{run}/{step}.json); a mean run
+    whose recipe scores an EMA is also scored on its raw weights, as raw:{run} (the EMA's effect
+    without another training).
+    """
     scores = {}
     for run in runs:
         kind = KINDS[run.kind]
         mean, mean_model = models.mean_of(run)
-        scores[run.name] = []
-        for name in list_checkpoints(os.path.join(out, "checkpoints", run.name)):
-            step = parse_resume_step_from_filename(name)
+        weights = [(run.name, run.weights_of, "")]
+        if run.kind == "mean" and RECIPES[run.recipe].ema:
+            weights.append((f"raw:{run.name}", lambda step: f"model{step:06d}.pt", "raw_"))
+        for key, weights_of, prefix in weights:
+            scores[key] = []
+            for name in list_checkpoints(os.path.join(out, "checkpoints", run.name)):
+                step = parse_resume_step_from_filename(name)
+                path = os.path.join(out, "checkpoints", run.name, weights_of(step))
 
-            def compute():
-                outs, _ = model_outputs(os.path.join(out, "logs", run.name), models.path(run, step), kind, images,
-                                        mean_model)
-                return dict(step=step, **score(kind, images, mean, outs))
+                def compute():
+                    outs, _ = model_outputs(os.path.join(out, "logs", run.name), path, kind, images, mean_model)
+                    return dict(step=step, **score(kind, images, mean, outs))
 
-            scores[run.name].append(cached_json(os.path.join(out, "scores", run.name, f"{step:06d}.json"), compute))
+                scores[key].append(cached_json(os.path.join(out, "scores", run.name, f"{prefix}{step:06d}.json"),
+                                               compute))
     return scores
 
 
@@ -395,3 +404,47 @@ def forward_seconds(models, kinds=("mean_s0", "var_s0", "quantile_s0", "pc")):
         once()
         times[name] = (time.perf_counter() - start) / len(models.images.names)
     return times
+
+
+# -- beside a trained teacher ------------------------------------------------------------------
+
+TEACHER_TESTBED_KEYS = ("testbed", "large_size", "small_size", "num_train", "num_eval", "seed")
+
+
+def read_teacher_results(path, a):
+    """A teacher study's results.json (--teacher_results), refused unless it is of this study's testbed."""
+    results = read_json(path, "teacher_results", hint="give a teacher study's results.json (scripts/teacher_study.py)")
+    if not isinstance(results, dict) or not {"config", "images", "trained", "ideal", "references"} <= set(results):
+        raise UserError(f"--teacher_results {path}: not a teacher study's results.json (scripts/teacher_study.py)")
+    keys = TEACHER_TESTBED_KEYS + (("length_scale",) if a.testbed == "gaussian_scale_mixture" else ())
+    differ = [f"{k} {results['config'].get(k)!r} (here {getattr(a, k)!r})" for k in keys
+              if results["config"].get(k) != getattr(a, k)]
+    if differ:
+        raise UserError(f"--teacher_results {path}: a teacher study of another testbed: {', '.join(differ)}")
+    return results
+
+
+def teacher_lines(teacher, images):
+    """
+    The teacher study's sample sets on its images (a subset of this study's): the trained
+    teacher at the paper's protocol, at the reference and the closest fast sampler; the ideal
+    teacher at the paper's protocol; N exact samples. Each: relative MSE to E[x|y] and relative
+    std error over those images, and the images' rows in this study.
+    """
+    rows = {name: i for i, name in enumerate(images.names)}
+    names = teacher["images"]["names"]
+    if not set(names) <= set(rows):
+        raise UserError("--teacher_results: its images are not among this study's evaluation images")
+    n = teacher["config"]["num_samples"]
+    trained = teacher["trained"][str(teacher["final_step"])]
+    sets = [(f"trained teacher, {teacher['paper']} (the paper's protocol)", trained[teacher["paper"]]),
+            (f"trained teacher, {teacher['reference']}", trained[teacher["reference"]])]
+    if teacher.get("best_fast"):
+        sets.append((f"trained teacher, {teacher['best_fast']}", trained[teacher["best_fast"]]))
+    sets += [(f"ideal teacher, {teacher['paper']}", teacher["ideal"][teacher["paper"]]),
+             (f"{n} exact posterior samples (floor)", teacher["references"]["mc_floor"])]
+    lines = {label: dict(rel_mse=s["summary"]["rel_mse"], rel_std_error=s["summary"]["rel_std_error"],
+                         rel_mse_ci95=s["summary"]["ci95"]["rel_mse"],
+                         rel_std_error_ci95=s["summary"]["ci95"]["rel_std_error"]) for label, s in sets}
+    return dict(rows=[rows[name] for name in names], num_samples=n, teacher_steps=teacher["final_step"],
+                lines=lines)

@@ -5,6 +5,8 @@ import os
 
 import numpy as np
 
+from sr_var.data import flatten_data_info, load_data_info
+
 from .conftest import run_script
 
 TINY = ["--large_size", "16", "--small_size", "4", "--num_train", "64", "--num_eval", "8", "--steps", "4",
@@ -12,12 +14,26 @@ TINY = ["--large_size", "16", "--small_size", "4", "--num_train", "64", "--num_e
         "--calibration_splits", "5"]
 
 
+def fake_teacher_results(names, num_eval):
+    """A teacher study's results.json in form (scripts/teacher_study.py writes it) for the tiny study's testbed."""
+    def sample_set(rel_mse, rel_std_error):
+        return {"summary": {"rel_mse": rel_mse, "rel_std_error": rel_std_error,
+                            "ci95": {"rel_mse": [rel_mse / 2, rel_mse * 2], "rel_std_error": [0.0, 1.0]}}}
+
+    sets = {"ancestral_10": sample_set(0.05, 0.2), "ancestral_20": sample_set(0.04, 0.15)}
+    return {"config": {"testbed": "covariance_mixture", "large_size": 16, "small_size": 4, "num_train": 64,
+                       "num_eval": num_eval, "seed": 0, "num_samples": 3},
+            "images": {"names": names}, "final_step": 4, "paper": "ancestral_10", "reference": "ancestral_20",
+            "best_fast": None, "trained": {"4": sets}, "ideal": sets,
+            "references": {"mc_floor": sample_set(0.33, 0.4)}}
+
+
 def test_testbed_study_runs_end_to_end_and_resumes(tmp_path):
     out = tmp_path / "study"
     run_script(["scripts/testbed_study.py", "--out_dir", str(out), *TINY, "--ablations", "paper"])
     results = json.loads((out / "results.json").read_text())
     assert set(results["scores"]) == {"mean_s0", "mean_s1", "var_s0", "var_s1", "quantile_s0", "quantile_s1", "pc",
-                                      "pc_exact_mean", "mean@paper"}
+                                      "pc_exact_mean", "mean@paper", "raw:mean_s0", "raw:mean_s1"}
     for run, rows in results["scores"].items():
         assert [r["step"] for r in rows] == [2, 4], run
         assert len(rows[-1]["per_image"]) == 8 and len(rows[-1]["by_component"]) >= 2, run
@@ -38,18 +54,34 @@ def test_testbed_study_runs_end_to_end_and_resumes(tmp_path):
     assert np.isclose(last["captured_vs_target"], last["captured"])
     table = (out / "results.md").read_text()
     for needle in ("mean model (2 seeds)", "least-squares linear map (baseline)", "4 exact posterior samples (floor)",
-                   "## Quantiles", "## Intervals with a guarantee", "`paper`", "PCA of 4 exact posterior samples"):
+                   "## Quantiles", "## Intervals with a guarantee", "`paper`", "`combined`, raw weights",
+                   "PCA of 4 exact posterior samples"):
         assert needle in table, needle
     assert (out / "convergence.png").stat().st_size > 10_000
+    # the chosen recipe scores an EMA; its raw weights are the same training's other checkpoint files
+    assert results["scores"]["raw:mean_s0"][-1]["rel_mse"] != results["scores"]["mean_s0"][-1]["rel_mse"]
     # a rerun asking for less trains nothing and scores from its cache: what an earlier call trained (the ablation,
     # the variance and quantile models) stays in the report; a contradicting flag is refused
+    # (and with a teacher study's results on two of its images, the models are scored there beside its sets)
+    names = [n for n, _ in flatten_data_info(load_data_info(str(out / "data" / "to_sample_data_info.pkl")))]
+    teacher = tmp_path / "teacher.json"
+    teacher.write_text(json.dumps(fake_teacher_results(names[2:4], num_eval=8)))
     before = {p: os.path.getmtime(p) for p in (out / "checkpoints").rglob("*.pt")}
-    rerun = run_script(["scripts/testbed_study.py", "--out_dir", str(out), *TINY, "--kinds", "mean"])
+    rerun = run_script(["scripts/testbed_study.py", "--out_dir", str(out), *TINY, "--kinds", "mean",
+                        "--teacher_results", str(teacher)])
     assert "steps each)" not in rerun.stdout  # no training
     assert before == {p: os.path.getmtime(p) for p in (out / "checkpoints").rglob("*.pt")}
     again = json.loads((out / "results.json").read_text())
     assert set(again["scores"]) == set(results["scores"]) and again["calibration"] == calibration
-    assert "`paper`" in (out / "results.md").read_text()
+    table = (out / "results.md").read_text()
+    assert "`paper`" in table and "trained teacher, ancestral_10 (the paper's protocol) | 0.0500" in table
+    on_two = np.mean([r["rel_mse"] for r in again["scores"]["mean_s1"][-1]["per_image"][2:4]])
+    assert f"| mean_s1 | {on_two:.4f} | – |" in table
+    assert (out / "convergence_vs_teacher.png").stat().st_size > 5_000
+    teacher.write_text(json.dumps(fake_teacher_results(names[2:4], num_eval=6)))
+    other = run_script(["scripts/testbed_study.py", "--out_dir", str(out), *TINY, "--teacher_results", str(teacher)],
+                       check=False)
+    assert other.returncode == 2 and "--teacher_results" in other.stderr and "num_eval 6 (here 8)" in other.stderr
     refused = run_script(["scripts/testbed_study.py", "--out_dir", str(out), *TINY[:-8], "--reference_samples", "8",
                           *TINY[-6:]], check=False)
     assert refused.returncode == 2 and "reference_samples" in refused.stderr
@@ -64,7 +96,7 @@ def test_a_recipe_study_trains_the_mean_models_alone(tmp_path):
     means = [*TINY[:16], "--num_pcs", "0", "--seeds", "1", *TINY[20:], "--kinds", "mean", "--ablations", "residual"]
     run_script(["scripts/testbed_study.py", "--out_dir", str(out), *means])
     results = json.loads((out / "results.json").read_text())
-    assert set(results["scores"]) == {"mean_s0", "mean@residual"} and results["calibration"] is None
+    assert set(results["scores"]) == {"mean_s0", "raw:mean_s0", "mean@residual"} and results["calibration"] is None
     assert sorted(os.listdir(out / "checkpoints")) == ["mean@residual", "mean_s0"]
     table = (out / "results.md").read_text()
     assert "## Training recipes of the mean model" in table and "## Intervals with a guarantee" not in table
