@@ -81,9 +81,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def defaults():
     return dict(out_dir="outputs/testbed_study", testbed="covariance_mixture", large_size=32, small_size=8,
-                length_scale=2.0, num_train=40000, num_eval=100, recipe=CHOSEN, ablations="", kinds="mean,var,quantile", seeds=3, steps=1500,
-                eval_every=250, reference_images=24, reference_samples=100, num_pcs=5, quantiles="0.05,0.5,0.95",
-                delta=0.1, calibration_splits=200, seed=0, teacher_results="", parallel=True)
+                length_scale=2.0, num_train=40000, num_eval=100, recipe=CHOSEN, ablations="", kinds="mean,var,quantile",
+                seeds=3, steps=1500, eval_every=250, reference_images=24, reference_samples=100, num_pcs=5,
+                quantiles="0.05,0.5,0.95", delta=0.1, calibration_splits=200, seed=0, teacher_results="", parallel=True)
 
 
 RULES = dict(TESTBED_RULES, num_train=AT_LEAST_ONE, num_eval=AT_LEAST_ONE, seeds=AT_LEAST_ONE, steps=AT_LEAST_ONE,

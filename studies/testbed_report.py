@@ -243,9 +243,12 @@ def _recipe_section(results):
     for recipe, run in names:
         wall = times.get(run, {}).get("seconds")
         rows = [(f"`{recipe}`", RECIPES[recipe].note, "–" if wall is None else f"{wall / 60:.1f}", scores[run][-1])]
-        if scores.get(f"raw:{run}"):  # the same training, scored without its EMA
-            rows.append((f"`{recipe}`, raw weights", "the same training scored on its weights, not the EMA",
-                         "(the same)", scores[f"raw:{run}"][-1]))
+        other = RECIPES[recipe].other_weights()
+        if other and scores.get(f"{other[0]}:{run}"):  # the same training, its other weights
+            what = ("its weights, not the EMA" if other[0] == "raw" else
+                    f"the EMA of its weights (rate {RECIPES[recipe].ema})")
+            rows.append((f"`{recipe}`, {other[0]} weights", f"the same training, scored on {what}", "(the same)",
+                         scores[f"{other[0]}:{run}"][-1]))
         for label, note, wall_cell, r in rows:
             lines.append(f"| {label} | {note} | {wall_cell} | {r['rel_mse']:.4f} {_ci(r, ('rel_mse',), '.4f')} | "
                          f"{by_component(r, ('rel_mse',), '.4f')} | {r['rel_mse'] / floor:.2f} | "
@@ -284,14 +287,15 @@ def _teacher_section(results):
             cells = (f"{value:.4f}", "–") if prefix == "mean" else ("–", f"{value:.4f}")
             lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
     for label, line in teacher["lines"].items():
-        lines.append(f"| {label} | {line['rel_mse']:.4f} [{line['rel_mse_ci95'][0]:.4f}, {line['rel_mse_ci95'][1]:.4f}] "
-                     f"| {line['rel_std_error']:.4f} [{line['rel_std_error_ci95'][0]:.4f}, "
-                     f"{line['rel_std_error_ci95'][1]:.4f}] |")
+        mse_low, mse_high = line["rel_mse_ci95"]
+        std_low, std_high = line["rel_std_error_ci95"]
+        lines.append(f"| {label} | {line['rel_mse']:.4f} [{mse_low:.4f}, {mse_high:.4f}] | "
+                     f"{line['rel_std_error']:.4f} [{std_low:.4f}, {std_high:.4f}] |")
     return lines + [""]
 
 
 def teacher_figure(results, path):
-    """The models' error against training step on the teacher study's images, with the teacher's sample sets as lines."""
+    """The models' error against training step on the teacher study's images; the teacher's sample sets as lines."""
     import matplotlib
 
     matplotlib.use("Agg")

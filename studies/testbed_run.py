@@ -241,16 +241,19 @@ class FinalModels:
 def score_checkpoints(out, images, runs, models):
     """
     Every checkpoint of every run, scored (cached in {out}/scores/{run}/{step}.json); a mean run
-    whose recipe scores an EMA is also scored on its raw weights, as raw:{run} (the EMA's effect
-    without another training).
+    whose recipe keeps an EMA is also scored on its other weights (the raw ones where the EMA is
+    scored, the EMA where the raw ones are), as "raw:{run}" or "ema {rate}:{run}": the EMA's
+    effect without another training.
     """
     scores = {}
     for run in runs:
         kind = KINDS[run.kind]
         mean, mean_model = models.mean_of(run)
         weights = [(run.name, run.weights_of, "")]
-        if run.kind == "mean" and RECIPES[run.recipe].ema:
-            weights.append((f"raw:{run.name}", lambda step: f"model{step:06d}.pt", "raw_"))
+        other = RECIPES[run.recipe].other_weights() if run.kind == "mean" else None
+        if other:
+            tag, weights_of = other
+            weights.append((f"{tag}:{run.name}", weights_of, tag.replace(" ", "_") + "_"))
         for key, weights_of, prefix in weights:
             scores[key] = []
             for name in list_checkpoints(os.path.join(out, "checkpoints", run.name)):
