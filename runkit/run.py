@@ -195,12 +195,14 @@ class Job:
     env: dict = None
 
 
-def run_queue(jobs, slots, cwd=None, env=None):
+def run_queue(jobs, slots, cwd=None, env=None, on_done=None):
     """
     Run the jobs, at most `slots` at a time, each once the jobs it needs have finished; returns
-    {key: {"stdout", "seconds"}} (its own wall time). Stops and failures as run_children: a stop
-    is passed on to the running children and no new one starts; a failure lets the running ones
-    finish, starts no new one, and is raised as a UserError with its last stderr line.
+    {key: {"stdout", "seconds"}} (its own wall time), and hands each to on_done(key, record) as
+    it finishes (what a stop or a failure later would not return). Stops and failures as
+    run_children: a stop is passed on to the running children and no new one starts; a failure
+    lets the running ones finish, starts no new one, and is raised as a UserError with its last
+    stderr line.
     """
     with stop_signals(), contextlib.ExitStack() as files:
         pending, running, done, failed, stopped = list(jobs), {}, {}, [], []
@@ -241,6 +243,8 @@ def run_queue(jobs, slots, cwd=None, env=None):
                     else:
                         out.seek(0)
                         done[key] = {"stdout": out.read(), "seconds": time.time() - start}
+                        if on_done:
+                            on_done(key, done[key])
                 if running:
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         next(iter(running.values()))[0].wait(timeout=0.2)

@@ -151,7 +151,10 @@ def training_job(run, a, out):
 
 
 def train_runs(runs, a, out):
-    """Train what is not finished, two at a time on one thread each (--parallel) or one at a time; the wall time of each."""
+    """
+    Train what is not finished, two at a time on one thread each (--parallel) or one at a time;
+    the wall time of each as it finishes (of this call's part, for a run that resumed).
+    """
     final = lambda run: os.path.join(out, "checkpoints", run.name, f"model{a.steps:06d}.pt")  # noqa: E731
     todo = [run for run in runs if not os.path.exists(final(run))]
     if not todo:
@@ -163,11 +166,14 @@ def train_runs(runs, a, out):
     finished = {j.key for j in jobs}
     for job in jobs:  # a mean run finished earlier is no job to wait for
         job.needs = tuple(n for n in job.needs if n in finished)
-    done = run_queue(jobs, slots, ROOT, env)
     times_path = os.path.join(out, "train_seconds.json")
-    times = read_json(times_path, "out_dir") if os.path.exists(times_path) else {}
-    times.update({key: {"seconds": d["seconds"], "side_by_side": slots} for key, d in done.items()})
-    save_json(times, times_path)
+
+    def record(key, done):  # as each finishes: a later stop loses no time measured
+        times = read_json(times_path, "out_dir") if os.path.exists(times_path) else {}
+        times[key] = {"seconds": done["seconds"], "side_by_side": slots}
+        save_json(times, times_path)
+
+    run_queue(jobs, slots, ROOT, env, on_done=record)
 
 
 def stage(args, cwd, env=None):

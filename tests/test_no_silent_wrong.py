@@ -218,6 +218,18 @@ main()
         run_children([[sys.executable, "-c", "import sys; sys.stderr.write('boom\\n'); sys.exit(3)"]])
 
 
+def test_a_queue_hands_over_each_finished_job_before_a_later_failure():
+    from runkit.run import Job, run_queue
+
+    finished = {}
+    quick = [sys.executable, "-c", "print('done')"]
+    fails = [sys.executable, "-c", "import sys, time; time.sleep(1); sys.stderr.write('boom\\n'); sys.exit(3)"]
+    with pytest.raises(UserError, match=r"second failed \(3\): boom"):
+        run_queue([Job("first", quick), Job("second", fails, needs=("first",), name="second"),
+                   Job("third", quick, needs=("second",))], slots=2, on_done=lambda key, r: finished.update({key: r}))
+    assert list(finished) == ["first"] and finished["first"]["stdout"] == "done\n" and finished["first"]["seconds"] > 0
+
+
 def test_a_resumed_run_logs_a_changed_batch_size_and_refuses_a_foreign_checkpoint(tmp_path):
     logger.configure(str(tmp_path / "log"), format_strs=("log",))
     _linear_loop(tmp_path, None, max_step=4, save_interval=4).run_loop()
