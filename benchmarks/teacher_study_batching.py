@@ -14,21 +14,16 @@ import time
 import torch as th
 from bench_util import device_name, round_ratios
 
-from guided_diffusion.script_util import sr_create_model_and_diffusion, sr_model_and_diffusion_defaults
+from guided_diffusion.script_util import sr_create_model_and_diffusion
 from runkit import dist_util
 from studies.sampler_run import evaluation_images, sampled_moments
-from studies.teacher_run import TEACHER_MODEL_FLAGS
+from studies.teacher_run import teacher_model_flags
 from testbed import CovarianceMixture
 
 
 def teacher_network(large_size, small_size):
     """The study's teacher architecture with random weights, and its flags."""
-    flags = sr_model_and_diffusion_defaults()
-    it = iter(TEACHER_MODEL_FLAGS)
-    for name, value in zip(it, it):
-        key, default = name[2:], flags[name[2:]]
-        flags[key] = value == "True" if isinstance(default, bool) else type(default)(value)
-    flags.update(large_size=large_size, small_size=small_size)
+    flags = teacher_model_flags(large_size, small_size)
     model, _ = sr_create_model_and_diffusion(**flags)
     return model.eval(), flags
 

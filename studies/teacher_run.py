@@ -24,7 +24,12 @@ import types
 import numpy as np
 import torch as th
 
-from guided_diffusion.script_util import SR_FLAG_NAMES, diffusion_from_flags, sr_create_model_and_diffusion
+from guided_diffusion.script_util import (
+    SR_FLAG_NAMES,
+    diffusion_from_flags,
+    sr_create_model_and_diffusion,
+    sr_model_and_diffusion_defaults,
+)
 from imaging import area_downsample, to_float
 from runkit import UserError, logger
 from runkit.fileio import atomic_write, cached_json, load_model_weights, load_pickle, save_json
@@ -49,6 +54,18 @@ from .testbed_run import ROOT, model_outputs, stage
 TEACHER_MODEL_FLAGS = ("--num_channels 64 --num_res_blocks 1 --channel_mult 1,1,1 --attention_resolutions 8 "
                        "--num_heads 4 --resblock_updown False --use_scale_shift_norm True --learn_sigma True "
                        "--class_cond False --diffusion_steps 1000 --noise_schedule linear").split()
+
+
+
+def teacher_model_flags(large_size, small_size):
+    """TEACHER_MODEL_FLAGS over guided-diffusion's SR defaults, as sr_create_model_and_diffusion takes them."""
+    flags = sr_model_and_diffusion_defaults()
+    it = iter(TEACHER_MODEL_FLAGS)
+    for name, value in zip(it, it):
+        default = flags[name[2:]]
+        flags[name[2:]] = value == "True" if isinstance(default, bool) else type(default)(value)
+    return dict(flags, large_size=large_size, small_size=small_size)
+
 
 # What the study samples: the paper's protocol, the reference of the teacher's own samplers,
 # and the fast samplers (dpmpp_2m and its SDE form on steps even in log-SNR, where the sampler
