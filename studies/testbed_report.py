@@ -362,10 +362,11 @@ def convergence_figure(results, path):
             levels = quantile_levels(floor)
             path_ = (levels[len(levels) // 2], "rel_error")
         for name in sorted(scores):
-            if name.startswith(f"{prefix}_s") or (prefix == "mean" and name.startswith("mean@")):
+            other_weights = name.endswith(f":{prefix}_s0")  # seed 0's other weights (its EMA, or its raw ones)
+            if name.startswith(f"{prefix}_s") or (prefix == "mean" and name.startswith("mean@")) or other_weights:
                 rows = scores[name]
-                ax.plot([r["step"] for r in rows], [_get(r, path_) for r in rows], "o-" if "@" not in name else ".--",
-                        lw=1, ms=3, label=name)
+                style = ".:" if other_weights else "o-" if "@" not in name else ".--"
+                ax.plot([r["step"] for r in rows], [_get(r, path_) for r in rows], style, lw=1, ms=3, label=name)
         ax.axhline(_get(floor, path_), color="black", linestyle="--", label="exact samples (floor)")
         ax.axhline(_get(base, path_), color="tab:gray", linestyle=":", label="closed-form baseline")
         ax.set_xscale("log")
