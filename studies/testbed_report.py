@@ -38,6 +38,10 @@ def final_rows(results, prefix):
     return [scores[name][-1] for name in sorted(scores) if name.startswith(f"{prefix}_s") and scores[name]]
 
 
+def _seeds(rows):
+    return f"{len(rows)} seed{'s' if len(rows) > 1 else ''}"
+
+
 def seeds_cell(rows, path, fmt):
     """The seeds' mean and spread (min-max) of a metric, with the first seed's 95% interval over images."""
     values = [_get(r, path) for r in rows]
@@ -76,7 +80,7 @@ def write_report(results, out_dir):
     mean_rows = final_rows(results, "mean")
     lines += ["## Mean: E[x|y]", "", "| estimate | relative MSE | MSE | relative MSE by component |", "|---|---|---|---|"]
     if mean_rows:
-        lines.append(f"| mean model ({len(mean_rows)} seeds) | {seeds_cell(mean_rows, ('rel_mse',), '.4f')} | "
+        lines.append(f"| mean model ({_seeds(mean_rows)}) | {seeds_cell(mean_rows, ('rel_mse',), '.4f')} | "
                      f"{seeds_cell(mean_rows, ('mse',), '.2f')} | {by_component(mean_rows[0], ('rel_mse',), '.4f')} |")
     for label, r in ((f"least-squares linear map (baseline)", base["mean"]), ("bilinear upsampling", refs["bilinear"]),
                      (f"**{n} exact posterior samples (floor)**", floor["mean"]),
@@ -98,7 +102,7 @@ def write_report(results, out_dir):
         return f"{c['1']:.3f} / {c['2']:.3f} / {c['3']:.3f}"
 
     if var_rows:
-        lines.append(f"| variance model ({len(var_rows)} seeds) | "
+        lines.append(f"| variance model ({_seeds(var_rows)}) | "
                      f"{seeds_cell(var_rows, ('vs_var', 'rel_std_error'), '.4f')} | "
                      f"{seeds_cell(var_rows, ('var_ratio',), '.3f')} | {by_component(var_rows[0], ('var_ratio',), '.3f')} "
                      f"| {by_component(var_rows[0], ('vs_var', 'rel_std_error'), '.4f')} | "
@@ -155,7 +159,7 @@ def _quantile_section(results):
         return " | ".join(out)
 
     if rows:
-        lines.append(f"| quantile model ({len(rows)} seeds) | {cells(rows[0], rows)} |")
+        lines.append(f"| quantile model ({_seeds(rows)}) | {cells(rows[0], rows)} |")
     for label, r in (("least-squares map + residual quantiles (baseline)", refs["baselines"]["quantile"]),
                      (f"**empirical quantiles of {n} exact samples (floor)**", refs["mc_floor"]["quantile"]),
                      (f"empirical quantiles of {n} ideal-DDPM-SR samples", refs["ideal_ddpm"]["quantile"])):
@@ -163,9 +167,8 @@ def _quantile_section(results):
     if rows:
         per = " ; ".join(f"{label}: " + " / ".join(f"{c[t]['rel_error']:.3f}" for t in levels)
                          for label, c in rows[0]["by_component"].items())
-        lines += ["", f"Quantile model (seed 0) error in stds per component and level ({', '.join(levels)}): {per}.",
-                  ""]
-    return lines
+        lines += ["", f"Quantile model (seed 0) error in stds per component and level ({', '.join(levels)}): {per}."]
+    return lines + [""]
 
 
 def _calibration_section(results):
