@@ -246,7 +246,7 @@ class FinalModels:
 
 def score_checkpoints(out, images, runs, models):
     """
-    Every checkpoint of every run, scored (cached in {out}/scores/{run}/{step}.json); a mean run
+    Every checkpoint of every run, scored (cached in {out}/scores/{run}/{weights file}.json); a mean run
     whose recipe keeps an EMA is also scored on its other weights (the raw ones where the EMA is
     scored, the EMA where the raw ones are), as "raw:{run}" or "ema {rate}:{run}": the EMA's
     effect without another training.
@@ -255,12 +255,12 @@ def score_checkpoints(out, images, runs, models):
     for run in runs:
         kind = KINDS[run.kind]
         mean, mean_model = models.mean_of(run)
-        weights = [(run.name, run.weights_of, "")]
+        weights = [(run.name, run.weights_of)]
         other = RECIPES[run.recipe].other_weights() if run.kind == "mean" else None
         if other:
             tag, weights_of = other
-            weights.append((f"{tag}:{run.name}", weights_of, tag.replace(" ", "_") + "_"))
-        for key, weights_of, prefix in weights:
+            weights.append((f"{tag}:{run.name}", weights_of))
+        for key, weights_of in weights:
             scores[key] = []
             for name in list_checkpoints(os.path.join(out, "checkpoints", run.name)):
                 step = parse_resume_step_from_filename(name)
@@ -270,8 +270,9 @@ def score_checkpoints(out, images, runs, models):
                     outs, _ = model_outputs(os.path.join(out, "logs", run.name), path, kind, images, mean_model)
                     return dict(step=step, **score(kind, images, mean, outs))
 
-                scores[key].append(cached_json(os.path.join(out, "scores", run.name, f"{prefix}{step:06d}.json"),
-                                               compute))
+                # keyed by the weights file: a recipe that changes which weights it scores is not read from a stale cache
+                cache = os.path.join(out, "scores", run.name, os.path.splitext(weights_of(step))[0] + ".json")
+                scores[key].append(cached_json(cache, compute))
     return scores
 
 
@@ -392,7 +393,9 @@ def calibration_lines(out, images, a, models, samples):
         alpha = round(1 - (levels[hi] - levels[lo]), 12)  # 0.1, not 0.10000000000000009
         return interval_scores(images, sources, alpha=alpha, delta=a.delta, splits=a.calibration_splits, seed=a.seed)
 
-    return cached_json(os.path.join(out, "calibration.json"), compute)
+    # keyed by what it depends on beyond the recorded flags: the splits and the models' weights files
+    weights = os.path.splitext(RECIPES[a.recipe].weights(a.steps))[0]
+    return cached_json(os.path.join(out, f"calibration_{a.calibration_splits}splits_{weights}.json"), compute)
 
 
 def forward_seconds(models, kinds=("mean_s0", "var_s0", "quantile_s0", "pc")):

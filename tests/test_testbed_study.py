@@ -58,8 +58,12 @@ def test_testbed_study_runs_end_to_end_and_resumes(tmp_path):
                    "PCA of 4 exact posterior samples"):
         assert needle in table, needle
     assert (out / "convergence.png").stat().st_size > 10_000
-    # the chosen recipe keeps an EMA beside the weights it scores: the same training's other checkpoint files
+    # the chosen recipe keeps an EMA beside the weights it scores: the same training's other checkpoint files, each
+    # score cached under its weights file's name (and the intervals under their splits and weights)
     assert results["scores"]["ema 0.999:mean_s0"][-1]["rel_mse"] != results["scores"]["mean_s0"][-1]["rel_mse"]
+    assert {"model000004.json", "ema_0.999_000004.json"} <= set(os.listdir(out / "scores" / "mean_s0"))
+    assert (out / "calibration_5splits_model001500.json").exists() is False  # the study's steps, not the default's
+    assert (out / "calibration_5splits_model000004.json").exists()
     # a rerun asking for less trains nothing and scores from its cache: what an earlier call trained (the ablation,
     # the variance and quantile models) stays in the report; a contradicting flag is refused
     # (and with a teacher study's results on two of its images, the models are scored there beside its sets)
