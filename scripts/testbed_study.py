@@ -73,6 +73,7 @@ from studies.testbed_run import (
     study_images,
     teacher_lines,
     train_runs,
+    train_seconds,
 )
 from testbed import TESTBED_CHECKS, TESTBED_KINDS, TESTBED_RULES
 
@@ -155,20 +156,13 @@ def main():
     results = dict(config=vars(a), runs=[dict(name=r.name, kind=r.kind, recipe=r.recipe, seed=r.seed, mean=r.mean)
                                          for r in runs],
                    references=refs, scores=scores, calibration=calibration, cost=cost,
-                   train_seconds=_read_times(out), labels=images.labels, wall_time_s=time.time() - start,
+                   train_seconds=train_seconds(out), labels=images.labels, wall_time_s=time.time() - start,
                    teacher=teacher_lines(teacher, images) if teacher else None)
     save_json(results, os.path.join(out, "results.json"))
     if a.num_pcs:
         direction_figure(models, images, os.path.join(out, "principal_directions.png"), count=min(3, a.num_pcs))
     interval_figure(models, images, parse_levels(a.quantiles), os.path.join(out, "intervals.png"))
     print(write_report(results, out))
-
-
-def _read_times(out):
-    from runkit.fileio import read_json
-
-    path = os.path.join(out, "train_seconds.json")
-    return read_json(path, "out_dir") if os.path.exists(path) else {}
 
 
 if __name__ == "__main__":

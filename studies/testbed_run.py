@@ -166,14 +166,18 @@ def train_runs(runs, a, out):
     finished = {j.key for j in jobs}
     for job in jobs:  # a mean run finished earlier is no job to wait for
         job.needs = tuple(n for n in job.needs if n in finished)
-    times_path = os.path.join(out, "train_seconds.json")
-
     def record(key, done):  # as each finishes: a later stop loses no time measured
-        times = read_json(times_path, "out_dir") if os.path.exists(times_path) else {}
+        times = train_seconds(out)
         times[key] = {"seconds": done["seconds"], "side_by_side": slots}
-        save_json(times, times_path)
+        save_json(times, os.path.join(out, "train_seconds.json"))
 
     run_queue(jobs, slots, ROOT, env, on_done=record)
+
+
+def train_seconds(out):
+    """The wall time of each training the study ran in this folder ({out}/train_seconds.json)."""
+    path = os.path.join(out, "train_seconds.json")
+    return read_json(path, "out_dir") if os.path.exists(path) else {}
 
 
 def stage(args, cwd, env=None):
