@@ -245,6 +245,13 @@ def dev():
     return th.device("cpu")
 
 
+def device_name():
+    """What dev() is, in words, for a report's timings: the GPU's name, or the CPU with its core count."""
+    if th.cuda.is_available():
+        return th.cuda.get_device_name(th.cuda.current_device())
+    return f"CPU ({os.cpu_count()} cores)"
+
+
 def shard(items):
     """This rank's share of `items` (round robin), so that no item is done twice."""
     return items[get_rank()::get_world_size()]

@@ -29,6 +29,8 @@ sample sets (a table and convergence_vs_teacher.png). Writes {out_dir}/results.j
 results.md, convergence.png, intervals.png and principal_directions.png; every stage resumes.
 
     python scripts/testbed_study.py                                     # docs/testbed.md says how long
+    python scripts/testbed_study.py --seeds 3                           # two more seeds of each model
+    python scripts/testbed_study.py --out_dir outputs/steps6000 --steps 6000 --eval_every 1000 --kinds mean --num_pcs 0
     python scripts/testbed_study.py --testbed gaussian_scale_mixture --out_dir outputs/testbed_study_gsm
     python scripts/testbed_study.py --out_dir outputs/recipes --kinds mean --num_pcs 0 --ablations paper,residual,norm8
     python scripts/testbed_study.py --teacher_results outputs/teacher_study/results.json
@@ -54,6 +56,7 @@ from runkit import (
     run_main,
 )
 from runkit.fileio import record_run_flags, save_json
+from runkit.dist_util import device_name
 from sr_var.quantiles import parse_levels
 from studies.recipes import CHOSEN, RECIPES
 from studies.testbed_report import direction_figure, interval_figure, write_report
@@ -83,13 +86,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def defaults():
     return dict(out_dir="outputs/testbed_study", testbed="covariance_mixture", large_size=32, small_size=8,
                 length_scale=2.0, num_train=40000, num_eval=100, recipe=CHOSEN, ablations="", kinds="mean,var,quantile",
-                seeds=3, steps=1500, eval_every=250, reference_images=24, reference_samples=100, num_pcs=5,
-                quantiles="0.05,0.5,0.95", delta=0.1, calibration_splits=200, seed=0, teacher_results="", parallel=True)
+                seeds=1, steps=1500, eval_every=250, reference_images=24, reference_samples=100, num_pcs=5,
+                quantiles="0.05,0.5,0.95", delta=0.1, calibration_splits=200, seed=0, teacher_results="", parallel=2)
 
 
 RULES = dict(TESTBED_RULES, num_train=AT_LEAST_ONE, num_eval=AT_LEAST_ONE, seeds=AT_LEAST_ONE, steps=AT_LEAST_ONE,
              eval_every=AT_LEAST_ONE, reference_images=AT_LEAST_ONE, reference_samples=AT_LEAST_TWO_SAMPLES,
-             num_pcs=NON_NEGATIVE, delta=FRACTION, calibration_splits=AT_LEAST_ONE, seed=NON_NEGATIVE)
+             num_pcs=NON_NEGATIVE, delta=FRACTION, calibration_splits=AT_LEAST_ONE, seed=NON_NEGATIVE,
+             parallel=AT_LEAST_ONE)
 
 
 def check(a):
@@ -152,7 +156,9 @@ def main():
     # the intervals compare the quantile and the variance model: without them there is nothing to calibrate
     calibration = (calibration_lines(out, images, a, models, samples)
                    if {"var_s0", "quantile_s0"} <= set(models.runs) else None)
-    cost = dict(forward_s=forward_seconds(models), ideal_ddpm_s=refs["ideal_ddpm"]["seconds_per_image"])
+    # the models' forward passes run on this process's CPU, ddpm_sr_sample.py on the GPU when there is one
+    cost = dict(forward_s=forward_seconds(models), ideal_ddpm_s=refs["ideal_ddpm"]["seconds_per_image"],
+                forward_on=f"CPU ({os.cpu_count()} cores)", sampling_on=device_name())
     results = dict(config=vars(a), runs=[dict(name=r.name, kind=r.kind, recipe=r.recipe, seed=r.seed, mean=r.mean)
                                          for r in runs],
                    references=refs, scores=scores, calibration=calibration, cost=cost,

@@ -476,6 +476,7 @@ def run_study(a, configurations, out):
         teacher = trained[final][paper]
         results["models"] = dict(
             found={k: v for k, v in found.items()}, seconds_per_image=forward_s,
+            forward_on=f"CPU ({os.cpu_count()} cores)",
             vs_exact=estimate_scores(images, mean, var),
             vs_teacher=estimate_scores(against(images, teacher["means"], teacher["variances"]), mean, var))
     return results

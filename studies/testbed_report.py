@@ -335,11 +335,12 @@ def _cost_section(results):
     forward = cost.get("forward_s", {})
     names = {"mean_s0": ("mean model", 1), "var_s0": ("variance model (with its mean model)", 2),
              "quantile_s0": ("quantile model", 1), "pc": ("PC model (with its mean model)", 2)}
-    lines = ["| per image | network evaluations | seconds on this CPU |", "|---|---|---|"]
-    lines += [f"| {names[k][0]} | {names[k][1]} | {v:.4f} |" for k, v in forward.items() if k in names]
+    forward_on, sampling_on = cost.get("forward_on", "this CPU"), cost.get("sampling_on", "this CPU")
+    lines = ["| per image | network evaluations | seconds |", "|---|---|---|"]
+    lines += [f"| {names[k][0]} | {names[k][1]} | {v:.4f} on {forward_on} |" for k, v in forward.items() if k in names]
     if "ideal_ddpm_s" in cost:
-        lines.append(f"| {n} DDPM-SR samples x 250 steps | {n * 250:,} | {cost['ideal_ddpm_s']:.2f} (the testbed's "
-                     f"exact denoiser, not a network) |")
+        lines.append(f"| {n} DDPM-SR samples x 250 steps | {n * 250:,} | {cost['ideal_ddpm_s']:.2f} on {sampling_on} "
+                     f"(the testbed's exact denoiser, not a network) |")
     return lines
 
 

@@ -152,15 +152,16 @@ def training_job(run, a, out):
 
 def train_runs(runs, a, out):
     """
-    Train what is not finished, two at a time on one thread each (--parallel) or one at a time;
-    the wall time of each as it finishes (of this call's part, for a run that resumed).
+    Train what is not finished, --parallel at a time (one thread each when more than one: 2 on a
+    2-core machine, more on a GPU; 1 trains on every core); the wall time of each as it finishes
+    (of this call's part, for a run that resumed).
     """
     final = lambda run: os.path.join(out, "checkpoints", run.name, f"model{a.steps:06d}.pt")  # noqa: E731
     todo = [run for run in runs if not os.path.exists(final(run))]
     if not todo:
         return
     logger.log(f"training {', '.join(run.name for run in todo)} ({a.steps} steps each)")
-    slots = 2 if a.parallel else 1
+    slots = a.parallel
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1" if slots > 1 else str(os.cpu_count() or 1))
     jobs = [training_job(run, a, out) for run in todo]
     finished = {j.key for j in jobs}
