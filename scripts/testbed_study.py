@@ -142,12 +142,13 @@ def main():
                "--small_size", str(a.small_size), *kind_flags, "--num_train", str(a.num_train), "--num_eval",
                str(a.num_eval), "--seed", str(a.seed)], ROOT)
 
+    images = study_images(data, a.large_size, a.small_size)
+    beside_teacher = teacher_lines(teacher, images) if teacher else None  # its images checked before the trainings
     runs = planned_runs(a)
     train_runs(runs, a, out)
     logger.log(f"trainings done ({(time.time() - start) / 60:.1f} min)")
 
     runs = finished_runs(runs, out, a.steps)
-    images = study_images(data, a.large_size, a.small_size)
     samples = exact_sample_sets(images, a.reference_samples, a.seed)
     refs = reference_lines(out, data, images, a, samples)
     refs["baselines"] = baseline_lines(out, data, images, a)
@@ -163,7 +164,7 @@ def main():
                                          for r in runs],
                    references=refs, scores=scores, calibration=calibration, cost=cost,
                    train_seconds=train_seconds(out), labels=images.labels, wall_time_s=time.time() - start,
-                   teacher=teacher_lines(teacher, images) if teacher else None)
+                   teacher=beside_teacher)
     save_json(results, os.path.join(out, "results.json"))
     if a.num_pcs:
         direction_figure(models, images, os.path.join(out, "principal_directions.png"), count=min(3, a.num_pcs))

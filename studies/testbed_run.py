@@ -429,7 +429,11 @@ TEACHER_TESTBED_KEYS = ("testbed", "large_size", "small_size", "num_train", "num
 
 
 def read_teacher_results(path, a):
-    """A teacher study's results.json (--teacher_results), refused unless it is of this study's testbed."""
+    """
+    The sample sets of a teacher study's results.json (--teacher_results) that the study sets its
+    models beside (teacher_lines), read before any work: refused unless it is of this study's
+    testbed and holds every set it names.
+    """
     results = read_json(path, "teacher_results", hint="give a teacher study's results.json (scripts/teacher_study.py)")
     if not isinstance(results, dict) or not {"config", "images", "trained", "ideal", "references"} <= set(results):
         raise UserError(f"--teacher_results {path}: not a teacher study's results.json (scripts/teacher_study.py)")
@@ -438,20 +442,16 @@ def read_teacher_results(path, a):
               if results["config"].get(k) != getattr(a, k)]
     if differ:
         raise UserError(f"--teacher_results {path}: a teacher study of another testbed: {', '.join(differ)}")
-    return results
+    try:
+        return _teacher_sets(results)
+    except (KeyError, TypeError, IndexError) as e:  # another version's layout: refused now, not after the trainings
+        raise UserError(f"--teacher_results {path}: a teacher study's results.json without {e} (written by "
+                        f"another version of scripts/teacher_study.py?)") from None
 
 
-def teacher_lines(teacher, images):
-    """
-    The teacher study's sample sets on its images (a subset of this study's): the trained
-    teacher at the paper's protocol, at the reference and the closest fast sampler; the ideal
-    teacher at the paper's protocol; N exact samples. Each: relative MSE to E[x|y] and relative
-    std error over those images, and the images' rows in this study.
-    """
-    rows = {name: i for i, name in enumerate(images.names)}
-    names = teacher["images"]["names"]
-    if not set(names) <= set(rows):
-        raise UserError("--teacher_results: its images are not among this study's evaluation images")
+def _teacher_sets(teacher):
+    """{names, num_samples, teacher_steps, lines}: the trained teacher at the paper's protocol, at the reference
+    and the closest fast sampler; the ideal teacher at the paper's protocol; N exact samples."""
     n = teacher["config"]["num_samples"]
     trained = teacher["trained"][str(teacher["final_step"])]
     sets = [(f"trained teacher, {teacher['paper']} (the paper's protocol)", trained[teacher["paper"]]),
@@ -463,5 +463,18 @@ def teacher_lines(teacher, images):
     lines = {label: dict(rel_mse=s["summary"]["rel_mse"], rel_std_error=s["summary"]["rel_std_error"],
                          rel_mse_ci95=s["summary"]["ci95"]["rel_mse"],
                          rel_std_error_ci95=s["summary"]["ci95"]["rel_std_error"]) for label, s in sets}
-    return dict(rows=[rows[name] for name in names], num_samples=n, teacher_steps=teacher["final_step"],
+    return dict(names=list(teacher["images"]["names"]), num_samples=n, teacher_steps=teacher["final_step"],
                 lines=lines)
+
+
+def teacher_lines(teacher, images):
+    """
+    The teacher study's sample sets (read_teacher_results) on its images, a subset of this
+    study's: each set's relative MSE to E[x|y] and relative std error over those images, and
+    the images' rows in this study.
+    """
+    rows = {name: i for i, name in enumerate(images.names)}
+    if not set(teacher["names"]) <= set(rows):
+        raise UserError("--teacher_results: its images are not among this study's evaluation images")
+    return dict(rows=[rows[name] for name in teacher["names"]], num_samples=teacher["num_samples"],
+                teacher_steps=teacher["teacher_steps"], lines=teacher["lines"])

@@ -86,6 +86,12 @@ def test_testbed_study_runs_end_to_end_and_resumes(tmp_path):
     other = run_script(["scripts/testbed_study.py", "--out_dir", str(out), *TINY, "--teacher_results", str(teacher)],
                        check=False)
     assert other.returncode == 2 and "--teacher_results" in other.stderr and "num_eval 6 (here 8)" in other.stderr
+    incomplete = fake_teacher_results(names[2:4], num_eval=8)
+    del incomplete["final_step"]  # another version's layout: refused before any work, not after the trainings
+    teacher.write_text(json.dumps(incomplete))
+    other = run_script(["scripts/testbed_study.py", "--out_dir", str(tmp_path / "other"), *TINY, "--teacher_results",
+                        str(teacher)], check=False)
+    assert other.returncode == 2 and "without 'final_step'" in other.stderr and not (tmp_path / "other").exists()
     refused = run_script(["scripts/testbed_study.py", "--out_dir", str(out), *TINY[:-8], "--reference_samples", "8",
                           *TINY[-6:]], check=False)
     assert refused.returncode == 2 and "reference_samples" in refused.stderr
