@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: both experiments of the paper at mini scale, on a CPU (16 min on 2 cores, plus
+# The main job: both experiments of the paper at mini scale, on a CPU (13 min on 2 cores, plus
 # a few minutes to create .venv on the first run).
 #
 #   1. MNIST with noisy labels (Theorem 2.1) on the 5,000 real MNIST digits that PyPI's
