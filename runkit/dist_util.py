@@ -246,9 +246,14 @@ def dev():
 
 
 def device_name():
-    """What dev() is, in words, for a report's timings: the GPU's name, or the CPU with its core count."""
+    """What dev() is, in words, for a report's timings: the GPU's name, or cpu_name()."""
     if th.cuda.is_available():
         return th.cuda.get_device_name(th.cuda.current_device())
+    return cpu_name()
+
+
+def cpu_name():
+    """This machine's CPU in a report's words: its core count."""
     return f"CPU ({os.cpu_count()} cores)"
 
 

@@ -55,8 +55,8 @@ from runkit import (
     require_writable_dir,
     run_main,
 )
+from runkit.dist_util import cpu_name, device_name
 from runkit.fileio import record_run_flags, save_json
-from runkit.dist_util import device_name
 from sr_var.quantiles import parse_levels
 from studies.recipes import CHOSEN, RECIPES
 from studies.testbed_report import direction_figure, interval_figure, write_report
@@ -159,7 +159,7 @@ def main():
                    if {"var_s0", "quantile_s0"} <= set(models.runs) else None)
     # the models' forward passes run on this process's CPU, ddpm_sr_sample.py on the GPU when there is one
     cost = dict(forward_s=forward_seconds(models), ideal_ddpm_s=refs["ideal_ddpm"]["seconds_per_image"],
-                forward_on=f"CPU ({os.cpu_count()} cores)", sampling_on=device_name())
+                forward_on=cpu_name(), sampling_on=device_name())
     results = dict(config=vars(a), runs=[dict(name=r.name, kind=r.kind, recipe=r.recipe, seed=r.seed, mean=r.mean)
                                          for r in runs],
                    references=refs, scores=scores, calibration=calibration, cost=cost,

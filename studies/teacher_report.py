@@ -240,8 +240,8 @@ def _model_lines(results, n, labels):
               f"rel. mean MSE {_paired(ex['mean'], teacher, 'rel_mse')}; variance ratio "
               f"{_paired(ex['var'], teacher, 'var_ratio', '.3f')}; rel. std error "
               f"{_paired(ex['var'], teacher, 'rel_std_error')}. One pass of both models: "
-              f"{models['seconds_per_image'] * 1e3:.1f} ms per image on {models.get('forward_on', 'this CPU')} (2 network "
-              f"evaluations)."]
+              f"{models['seconds_per_image'] * 1e3:.1f} ms per image on {models.get('forward_on', 'this CPU')} "
+              f"(2 network evaluations)."]
     return lines
 
 

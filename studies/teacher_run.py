@@ -32,6 +32,7 @@ from guided_diffusion.script_util import (
 )
 from imaging import area_downsample, to_float
 from runkit import UserError, logger
+from runkit.dist_util import cpu_name
 from runkit.fileio import atomic_write, cached_json, load_model_weights, load_pickle, save_json
 from runkit.training import ema_checkpoint_name, list_checkpoints, parse_resume_step_from_filename
 from sr_var.data import flatten_data_info, load_all_images, load_data_info, resolve_images
@@ -476,7 +477,7 @@ def run_study(a, configurations, out):
         teacher = trained[final][paper]
         results["models"] = dict(
             found={k: v for k, v in found.items()}, seconds_per_image=forward_s,
-            forward_on=f"CPU ({os.cpu_count()} cores)",
+            forward_on=cpu_name(),
             vs_exact=estimate_scores(images, mean, var),
             vs_teacher=estimate_scores(against(images, teacher["means"], teacher["variances"]), mean, var))
     return results
