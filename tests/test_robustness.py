@@ -157,6 +157,7 @@ def test_bad_testbed_parameters_through_the_script(tmp_path):
             ("scripts/testbed_study.py", ["--kinds", "mean,pc"], "--kinds: 'pc' is not one of"),
             ("scripts/testbed_study.py", ["--teacher_results", "none.json"], "--teacher_results"),
             ("scripts/testbed_study.py", ["--quantiles", "0.5"], "at least two levels"),
+            ("scripts/testbed_study.py", ["--parallel", "0"], "--parallel 0 should be at least 1"),
             ("scripts/teacher_study.py", ["--configurations", "ancestral:250,euler:10"], "--configurations item"),
             ("scripts/teacher_study.py", ["--reference_steps", "500"], "must include ancestral:500"),
             ("scripts/teacher_study.py", ["--ema_rate", "0.99,0.999"], "--ema_rate"),
