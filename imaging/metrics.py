@@ -91,7 +91,10 @@ def paired_difference(a, b, level=0.95, num_resamples=2000, seed=0):
     Two estimates scored on the same images: the mean of a - b over images and its percentile
     bootstrap interval (the images resampled together, so that what the images share cancels).
     """
-    d = _f64(a) - _f64(b)
+    a, b = _f64(a), _f64(b)
+    if a.shape != b.shape:
+        raise ValueError(f"a paired difference needs the same images: {a.shape} against {b.shape}")
+    d = a - b
     rng = np.random.default_rng(seed)
     means = d[rng.integers(0, len(d), size=(num_resamples, len(d)))].mean(axis=1)
     tail = (1 - level) / 2

@@ -2,6 +2,9 @@
 
 import json
 
+import numpy as np
+import pytest
+
 from testbed.scoring import within_floor
 
 from .conftest import run_script
@@ -28,15 +31,31 @@ def test_sampler_study_runs_end_to_end_and_resumes(tmp_path):
     assert "ms per sample (" not in rerun.stdout  # every configuration came from its cache
 
 
-def test_within_floor_checks_each_component_and_the_floor():
-    def summary(ratio_ci, rel_mse, rel_std_error):
-        return {"rel_mse": rel_mse, "rel_std_error": rel_std_error,
-                "ci95": {"rel_mse": [0.009, 0.011], "rel_std_error": [0.07, 0.08]},
-                "by_component": {"a": {"ci95": {"var_ratio": ratio_ci}}, "b": {"ci95": {"var_ratio": [0.99, 1.01]}}}}
+def test_within_floor_checks_each_component_and_pairs_with_the_floor():
+    rng = np.random.default_rng(0)
+    images = 40
+    floor_mse = 0.010 * np.exp(rng.normal(0, 0.3, images))  # images differ far more than two sets of samples do
+    floor_std = 0.057 * np.exp(rng.normal(0, 0.1, images))
 
-    floor = summary([0.99, 1.01], 0.010, 0.075)
-    assert within_floor(summary([0.98, 1.02], 0.0105, 0.079), floor)["within"]
-    assert not within_floor(summary([0.95, 0.99], 0.0105, 0.079), floor)["within"]  # one component under-disperses
-    verdict = within_floor(summary([0.98, 1.02], 0.012, 0.079), floor)
+    def scores(ratio_ci, rel_mse, rel_std_error):
+        per_image = [dict(rel_mse=float(m), rel_std_error=float(s)) for m, s in zip(rel_mse, rel_std_error)]
+        return dict(per_image=per_image, summary=dict(
+            rel_mse=float(np.mean(rel_mse)), rel_std_error=float(np.mean(rel_std_error)),
+            by_component={"a": {"ci95": {"var_ratio": ratio_ci}}, "b": {"ci95": {"var_ratio": [0.99, 1.01]}}}))
+
+    def noise(scale):
+        return 1 + rng.normal(0, scale, images)
+
+    floor = scores([0.99, 1.01], floor_mse, floor_std)
+    # another exact set: its point sits above the floor's own interval over images would allow at times, but paired
+    # with the floor image by image its difference is well inside the 3% margin
+    assert within_floor(scores([0.98, 1.02], floor_mse * noise(0.01), floor_std * 1.005 * noise(0.01)), floor)["within"]
+    assert not within_floor(scores([0.95, 0.99], floor_mse, floor_std), floor)["within"]  # one component under-disperses
+    verdict = within_floor(scores([0.98, 1.02], floor_mse * 1.06 * noise(0.01), floor_std), floor)
     assert not verdict["within"] and verdict["checks"] == {"variance ratio a": True, "variance ratio b": True,
                                                            "rel_mse": False, "rel_std_error": True}
+    assert 0.05 < verdict["paired"]["rel_mse"]["difference"] / floor["summary"]["rel_mse"] < 0.07
+    # below the floor passes: the rule bounds how much worse, not how much better (the ratio band bounds that)
+    assert within_floor(scores([0.98, 1.02], floor_mse * 0.9, floor_std * 0.95), floor)["within"]
+    with pytest.raises(ValueError, match="same images"):
+        within_floor(scores([0.98, 1.02], floor_mse[:-1], floor_std[:-1]), floor)
