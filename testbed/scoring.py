@@ -161,12 +161,13 @@ def within_floor(estimate, floor, band=0.03):
     The floor criterion of N samples: an estimate (scored(), {"summary", "per_image"}) is
     "within the floor" of N exact posterior samples scored on the same images when, for every
     mixture component, its variance ratio's 95% interval lies inside [1 - band, 1 + band], and
-    its relative mean MSE and relative std error, paired with the floor's image by image, exceed
-    them by at most `band` of the floor's value at the upper end of the difference's 95% interval
-    (the band's margin: a sampler whose variance is 1 + band off raises its mean MSE by band).
-    Paired, because one set's point against another set's interval also counts the floor's
-    own sampling noise as a failure. Returns {"within": bool, "checks": {name: bool},
-    "paired": {metric: {"difference", "ci95", "margin"}}}.
+    its relative mean MSE and relative std error are not shown worse than the floor's: paired
+    with the floor image by image, the difference's 95% interval reaches 0, or it stays within
+    a margin of `band` times the floor's value (what a variance off by the band costs the mean's
+    MSE). Paired, because one set's point against another set's interval over images counts
+    the floor's own sampling noise as a failure; "not shown worse", because at 24 images two
+    exact sets' mean MSEs differ by up to 5%, which a 3% margin alone would call a failure.
+    Returns {"within": bool, "checks": {name: bool}, "paired": {metric: {"difference", "ci95", "margin"}}}.
     """
     checks, paired_out = {}, {}
     for label, comp in estimate["summary"]["by_component"].items():
@@ -175,7 +176,8 @@ def within_floor(estimate, floor, band=0.03):
     for key in ("rel_mse", "rel_std_error"):
         p = paired(estimate["per_image"], floor["per_image"], key)
         p["margin"] = band * floor["summary"][key]
-        checks[key] = bool(p["ci95"][1] <= p["margin"])
+        low, high = p["ci95"]
+        checks[key] = bool(low <= 0 or high <= p["margin"])
         paired_out[key] = p
     return {"within": all(checks.values()), "checks": checks, "paired": paired_out}
 

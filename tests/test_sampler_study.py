@@ -47,14 +47,18 @@ def test_within_floor_checks_each_component_and_pairs_with_the_floor():
         return 1 + rng.normal(0, scale, images)
 
     floor = scores([0.99, 1.01], floor_mse, floor_std)
-    # another exact set: its point sits above the floor's own interval over images would allow at times, but paired
-    # with the floor image by image its difference is well inside the 3% margin
-    assert within_floor(scores([0.98, 1.02], floor_mse * noise(0.01), floor_std * 1.005 * noise(0.01)), floor)["within"]
+    # another exact set: paired with the floor, its differences reach 0
+    assert within_floor(scores([0.98, 1.02], floor_mse * noise(0.05), floor_std * noise(0.01)), floor)["within"]
     assert not within_floor(scores([0.95, 0.99], floor_mse, floor_std), floor)["within"]  # one component under-disperses
+    # a mean 6% worse on every image: shown worse (the interval above 0) and beyond the 3% margin
     verdict = within_floor(scores([0.98, 1.02], floor_mse * 1.06 * noise(0.01), floor_std), floor)
     assert not verdict["within"] and verdict["checks"] == {"variance ratio a": True, "variance ratio b": True,
                                                            "rel_mse": False, "rel_std_error": True}
+    assert verdict["paired"]["rel_mse"]["ci95"][0] > 0
     assert 0.05 < verdict["paired"]["rel_mse"]["difference"] / floor["summary"]["rel_mse"] < 0.07
+    # 1% worse, resolved as worse but shown within the margin: within
+    small = within_floor(scores([0.98, 1.02], floor_mse, floor_std * 1.01 * noise(0.001)), floor)
+    assert small["paired"]["rel_std_error"]["ci95"][0] > 0 and small["within"]
     # below the floor passes: the rule bounds how much worse, not how much better (the ratio band bounds that)
     assert within_floor(scores([0.98, 1.02], floor_mse * 0.9, floor_std * 0.95), floor)["within"]
     with pytest.raises(ValueError, match="same images"):
