@@ -102,6 +102,12 @@ def paired_difference(a, b, level=0.95, num_resamples=2000, seed=0):
     return {"difference": float(d.mean()), "ci95": [float(low), float(high)]}
 
 
+def paired_text(paired, fmt=".4f"):
+    """A paired_difference as the reports print it: "+0.0012 [-0.0003, +0.0026]"."""
+    low, high = paired["ci95"]
+    return f"{paired['difference']:+{fmt}} [{low:+{fmt}}, {high:+{fmt}}]"
+
+
 def average(per_image):
     """Average a list of {name: value} dicts key by key (nested dicts too)."""
     first = per_image[0]

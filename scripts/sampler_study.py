@@ -1,5 +1,5 @@
 """
-How much teacher is enough: every sampler of ddpm_sr_sample.py at NFE 10 ... 1000, driven by
+How much teacher is enough: every sampler of ddpm_sr_sample.py at NFE 10 ... 250, driven by
 an exact testbed's ideal teacher (a perfect DDPM-SR upsampler: the exact denoiser, not a
 network), against the exact posterior, with the Monte Carlo floor of N exact posterior
 samples and the exact teacher beside them; the floor criterion's power on samples of a known
@@ -10,6 +10,7 @@ configuration is saved as it finishes).
     python scripts/sampler_study.py                                   # the covariance mixture
     python scripts/sampler_study.py --testbed gaussian_scale_mixture --out_dir outputs/sampler_study_gsm
     python scripts/sampler_study.py --out_dir /tmp/quick --num_eval 4 --num_samples 20 --nfe 10,25
+    python scripts/sampler_study.py --samplers ancestral --nfe 1000   # adds ancestral 1,000 (not in the default)
 
 A configuration is "within the floor" when every mixture component's variance ratio has its
 95% interval inside [1 - band, 1 + band] and its relative mean MSE and relative std error are
@@ -82,7 +83,7 @@ def main():
     recommendation = recommend(results, verdict)
     save_json(dict(config=cfg, band=args.band, results=results, verdicts=verdict, recommendation=recommendation,
                    h200_sample_steps_per_s=H200_SAMPLE_STEPS_PER_S), os.path.join(args.out_dir, "results.json"))
-    lines = write_tables(results, args.out_dir, args.num_samples, args.band)
+    lines = write_tables(results, args.out_dir, args.num_samples, args.band, verdict)
     fewest = recommendation["fewest"]
     if fewest:
         lines += ["", f"Fewest evaluations within the floor criterion: {fewest['sampler']} at {fewest['nfe']} NFE "

@@ -9,6 +9,7 @@ import csv
 import io
 import os
 
+from imaging.metrics import paired_text
 from runkit.fileio import atomic_write
 from testbed.scoring import within_floor
 
@@ -56,10 +57,11 @@ def recommend(results, verdict):
     return dict(per_sampler=best, fewest=dict(sampler=sampler, **best[sampler]))
 
 
-def write_tables(results, out_dir, n, band):
-    """results.csv (every configuration's pooled numbers) and the markdown lines of results.md."""
+def write_tables(results, out_dir, n, band, verdict=None):
+    """results.csv (every configuration's pooled numbers) and the markdown lines of results.md
+    (`verdict`: verdicts(results, band), when the caller has it already)."""
     floor = results["mc_floor"]
-    verdict = verdicts(results, band)
+    verdict = verdicts(results, band) if verdict is None else verdict
     rows = [dict(key=key, sampler=r["sampler"], nfe=r["nfe"], perturbation=r["perturbation"],
                  within_floor=verdict[key]["within"], **{k: r["summary"][k] for k in METRIC_KEYS},
                  seconds_per_sample=r["seconds_per_sample"]) for key, r in configurations(results).items()]
@@ -126,8 +128,7 @@ def write_tables(results, out_dir, n, band):
 
 def paired_cell(verdict):
     """A verdict's paired differences to the floor (relative mean MSE; relative std error), each with its interval."""
-    return "; ".join(f"{p['difference']:+.4f} [{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}]"
-                     for p in (verdict["paired"][k] for k in ("rel_mse", "rel_std_error")))
+    return "; ".join(paired_text(verdict["paired"][k]) for k in ("rel_mse", "rel_std_error"))
 
 
 def _ratio_cell(component):

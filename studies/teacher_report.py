@@ -57,8 +57,8 @@ def _cell(summary, key, fmt):
 
 
 def _paired(a, b, key, fmt=".4f"):
-    p = metrics.paired_difference([r[key] for r in a["per_image"]], [r[key] for r in b["per_image"]])
-    return f"{p['difference']:+{fmt}} [{p['ci95'][0]:+{fmt}}, {p['ci95'][1]:+{fmt}}]"
+    return metrics.paired_text(metrics.paired_difference([r[key] for r in a["per_image"]],
+                                                         [r[key] for r in b["per_image"]]), fmt)
 
 
 def _components(summary, key="var_ratio", fmt=".3f"):

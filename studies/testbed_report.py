@@ -57,8 +57,8 @@ def by_component(summary, path, fmt):
 
 def paired_cell(a, b, path, fmt=".4f"):
     """The paired difference a - b of a metric over the same images, with its bootstrap interval."""
-    p = metrics.paired_difference([_get(r, path) for r in a["per_image"]], [_get(r, path) for r in b["per_image"]])
-    return f"{p['difference']:+{fmt}} [{p['ci95'][0]:+{fmt}}, {p['ci95'][1]:+{fmt}}]"
+    return metrics.paired_text(metrics.paired_difference([_get(r, path) for r in a["per_image"]],
+                                                         [_get(r, path) for r in b["per_image"]]), fmt)
 
 
 def write_report(results, out_dir):
