@@ -55,6 +55,15 @@ def by_component(summary, path, fmt):
     return " / ".join(f"{_get(c, path):{fmt}}" for c in summary["by_component"].values())
 
 
+def seeds_by_component(rows, path, fmt):
+    """by_component over training seeds: each component's mean over the seeds and its range."""
+    if len(rows) == 1:
+        return by_component(rows[0], path, fmt)
+    per_seed = np.array([[_get(c, path) for c in r["by_component"].values()] for r in rows])
+    return " / ".join(f"{m:{fmt}} ({lo:{fmt}}-{hi:{fmt}})"
+                      for m, lo, hi in zip(per_seed.mean(0), per_seed.min(0), per_seed.max(0)))
+
+
 def paired_cell(a, b, path, fmt=".4f"):
     """The paired difference a - b of a metric over the same images, with its bootstrap interval."""
     return metrics.paired_text(metrics.paired_difference([_get(r, path) for r in a["per_image"]],
@@ -73,15 +82,17 @@ def write_report(results, out_dir):
              f"({recipe.note}), {cfg['steps']} steps, {cfg['seeds']} training seed(s). Components (per-component "
              f"columns in this order): {'; '.join(labels)}. Relative MSE: the MSE to E[x|y] over the image's mean "
              f"posterior variance ({n} exact samples: 1/{n} = {1 / n:.3f} plus rounding). Relative std error: mean "
-             f"|s - s*| / s*. Brackets: 95% bootstrap intervals over images; 'seeds a-b': the range over training "
-             f"seeds.", ""]
+             f"|s - s*| / s*. Brackets: 95% bootstrap intervals over images. With several training seeds a model's "
+             f"cell is the seeds' mean, with their range ('seeds a-b'; per component '(a-b)'); its coverage and the "
+             f"paired differences are seed 0's.", ""]
 
     # -- the mean
     mean_rows = final_rows(results, "mean")
     lines += ["## Mean: E[x|y]", "", "| estimate | relative MSE | MSE | relative MSE by component |", "|---|---|---|---|"]
     if mean_rows:
         lines.append(f"| mean model ({_seeds(mean_rows)}) | {seeds_cell(mean_rows, ('rel_mse',), '.4f')} | "
-                     f"{seeds_cell(mean_rows, ('mse',), '.2f')} | {by_component(mean_rows[0], ('rel_mse',), '.4f')} |")
+                     f"{seeds_cell(mean_rows, ('mse',), '.2f')} | "
+                     f"{seeds_by_component(mean_rows, ('rel_mse',), '.4f')} |")
     for label, r in ((f"least-squares linear map (baseline)", base["mean"]), ("bilinear upsampling", refs["bilinear"]),
                      (f"**{n} exact posterior samples (floor)**", floor["mean"]),
                      (f"{n} ideal-DDPM-SR samples, 250 steps ({ideal['num_images']} images)", ideal["mean"])):
@@ -104,14 +115,15 @@ def write_report(results, out_dir):
     if var_rows:
         lines.append(f"| variance model ({_seeds(var_rows)}) | "
                      f"{seeds_cell(var_rows, ('vs_var', 'rel_std_error'), '.4f')} | "
-                     f"{seeds_cell(var_rows, ('var_ratio',), '.3f')} | {by_component(var_rows[0], ('var_ratio',), '.3f')} "
-                     f"| {by_component(var_rows[0], ('vs_var', 'rel_std_error'), '.4f')} | "
+                     f"{seeds_cell(var_rows, ('var_ratio',), '.3f')} | "
+                     f"{seeds_by_component(var_rows, ('var_ratio',), '.3f')} | "
+                     f"{seeds_by_component(var_rows, ('vs_var', 'rel_std_error'), '.4f')} | "
                      f"{cov(var_rows[0]['coverage'])} |")
         lines.append(f"| variance model vs its target Var + (m-E)^2 | "
                      f"{seeds_cell(var_rows, ('vs_target', 'rel_std_error'), '.4f')} | "
                      f"{seeds_cell(var_rows, ('vs_target', 'var_ratio'), '.3f')} | "
-                     f"{by_component(var_rows[0], ('vs_target', 'var_ratio'), '.3f')} | "
-                     f"{by_component(var_rows[0], ('vs_target', 'rel_std_error'), '.4f')} | – |")
+                     f"{seeds_by_component(var_rows, ('vs_target', 'var_ratio'), '.3f')} | "
+                     f"{seeds_by_component(var_rows, ('vs_target', 'rel_std_error'), '.4f')} | – |")
     for label, r in (("y-independent variance map (baseline)", base["var_constant"]),
                      ("quadratic fit in y of the squared residuals (baseline)", base["var_quadratic"]),
                      (f"**{n} exact posterior samples (floor)**", floor["var"]),

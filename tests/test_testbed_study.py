@@ -57,6 +57,13 @@ def test_testbed_study_runs_end_to_end_and_resumes(tmp_path):
                    "## Quantiles", "## Intervals with a guarantee", "`paper`", "`combined`, ema 0.999 weights",
                    "PCA of 4 exact posterior samples"):
         assert needle in table, needle
+    # with several seeds, each component's cell is the seeds' mean and range
+    row = next(line for line in table.splitlines() if line.startswith("| mean model (2 seeds)"))
+    cells = [c.strip() for c in row.split("|")[-2].split(" / ")]
+    per_seed = [[c["rel_mse"] for c in results["scores"][f"mean_s{s}"][-1]["by_component"].values()] for s in (0, 1)]
+    assert len(cells) == len(per_seed[0]) >= 2
+    for cell, values in zip(cells, zip(*per_seed)):
+        assert cell == f"{np.mean(values):.4f} ({min(values):.4f}-{max(values):.4f})"
     assert (out / "convergence.png").stat().st_size > 10_000
     # the chosen recipe keeps an EMA beside the weights it scores: the same training's other checkpoint files, each
     # score cached under its weights file's name (and the intervals under their splits and weights)
