@@ -14,7 +14,7 @@ component, with relative errors:
                     finite-sample guarantee (RCPS, conformal risk control) over repeated
                     calibration/test splits, against the exact oracle interval
     PC model        its top --num_pcs directions against the exact Cov[x | y] (on x - E[x|y]
-                    and on x - m(y))
+                    and on x - m(y), for each seed)
 
 beside the reference lines and the baselines each model must beat: bilinear upsampling; the
 closed-form baselines fitted on the same training images (least squares for the mean, the

@@ -215,6 +215,13 @@ def _calibration_section(results):
     return lines + [""]
 
 
+def pc_rows(scores, prefix):
+    """The last scores of the PC runs `prefix` (seed 0), `prefix`_s1, ... (testbed_run.pc_names), seed 0 first."""
+    tails = [name[len(prefix) + 2:] for name in scores if name.startswith(f"{prefix}_s")]
+    names = [prefix] + [f"{prefix}_s{seed}" for seed in sorted(int(t) for t in tails if t.isdigit())]
+    return [scores[name][-1] for name in names if scores.get(name)]
+
+
 def _pc_section(results):
     refs, cfg, scores = results["references"], results["config"], results["scores"]
     k = cfg["num_pcs"]
@@ -223,13 +230,12 @@ def _pc_section(results):
              f"variance (sum of w^T Cov w over the sum of the top {k} eigenvalues), pooled [95% CI] and by "
              f"component.", "", "| estimate | overlap | captured variance | captured by component |",
              "|---|---|---|---|"]
-    rows = [("PC model on x - E[x|y] (the exact mean as its mean model; seed 0)", scores.get("pc_exact_mean")),
-            ("PC model on x - m(y) (m the seed-0 mean model)", scores.get("pc"))]
-    for label, r in rows:
-        if r:
-            r = r[-1]
-            lines.append(f"| {label} | {r['overlap']:.3f} {_ci(r, ('overlap',), '.3f')} | {r['captured']:.3f} "
-                         f"{_ci(r, ('captured',), '.3f')} | {by_component(r, ('captured',), '.3f')} |")
+    for prefix, label in (("pc_exact_mean", "PC model on x - E[x|y] (the exact mean as its mean model)"),
+                          ("pc", "PC model on x - m(y) (m the same seed's mean model)")):
+        rows = pc_rows(scores, prefix)
+        if rows:
+            lines.append(f"| {label} ({_seeds(rows)}) | {seeds_cell(rows, ('overlap',), '.3f')} | "
+                         f"{seeds_cell(rows, ('captured',), '.3f')} | {seeds_by_component(rows, ('captured',), '.3f')} |")
     n = refs["mc_floor"]["num_samples"]
     for label, r in (("pooled PCA of the training residuals (baseline: the same directions for every image)",
                       refs["baselines"].get("pc")), (f"PCA of {n} exact posterior samples", refs["mc_floor"].get("pc")),

@@ -81,8 +81,9 @@ class Run:
 def planned_runs(a):
     """
     The study's trainings: the chosen recipe's models of --kinds for each of --seeds seeds (each
-    variance model on its own seed's mean model), the PC model on x - E[x|y] and on x - m(y)
-    (seed 0), and one mean model per recipe of --ablations (seed 0).
+    variance model on its own seed's mean model), the PC models on x - E[x|y] and on x - m(y)
+    for each seed (named pc_exact_mean and pc for seed 0, as before seeds, and *_s1, ...
+    after), and one mean model per recipe of --ablations (seed 0).
     """
     # in the order they are queued: the mean models first (the others wait for them)
     runs = [Run(f"mean_s{s}", "mean", a.recipe, s) for s in range(a.seeds)]
@@ -90,8 +91,13 @@ def planned_runs(a):
     for s in range(a.seeds):
         runs += [run_named(f"{kind}_s{s}", a.recipe) for kind in ("var", "quantile") if kind in a.kinds]
     if a.num_pcs:
-        runs += [run_named("pc_exact_mean", a.recipe), run_named("pc", a.recipe)]
+        runs += [run_named(name, a.recipe) for s in range(a.seeds) for name in pc_names(s)]
     return runs
+
+
+def pc_names(seed):
+    """The two PC runs of a training seed: on x - E[x|y] and on x - m(y)."""
+    return ("pc_exact_mean", "pc") if seed == 0 else (f"pc_exact_mean_s{seed}", f"pc_s{seed}")
 
 
 def run_named(name, recipe):
@@ -103,7 +109,11 @@ def run_named(name, recipe):
     if name == "pc":
         return Run(name, "pc", recipe, 0, "mean_s0")
     kind, _, seed = name.rpartition("_s")
-    if kind not in STUDY_KINDS or not seed.isdigit():
+    if not seed.isdigit():
+        return None
+    if kind in ("pc_exact_mean", "pc"):
+        return Run(name, "pc", recipe, int(seed), "exact" if kind == "pc_exact_mean" else f"mean_s{seed}")
+    if kind not in STUDY_KINDS:
         return None
     return Run(name, kind, recipe, int(seed), f"mean_s{seed}" if kind == "var" else "")
 

@@ -33,7 +33,8 @@ def test_testbed_study_runs_end_to_end_and_resumes(tmp_path):
     run_script(["scripts/testbed_study.py", "--out_dir", str(out), *TINY, "--ablations", "paper"])
     results = json.loads((out / "results.json").read_text())
     assert set(results["scores"]) == {"mean_s0", "mean_s1", "var_s0", "var_s1", "quantile_s0", "quantile_s1", "pc",
-                                      "pc_exact_mean", "mean@paper", "ema 0.999:mean_s0", "ema 0.999:mean_s1"}
+                                      "pc_exact_mean", "pc_s1", "pc_exact_mean_s1", "mean@paper", "ema 0.999:mean_s0",
+                                      "ema 0.999:mean_s1"}
     for run, rows in results["scores"].items():
         assert [r["step"] for r in rows] == [2, 4], run
         assert len(rows[-1]["per_image"]) == 8 and len(rows[-1]["by_component"]) >= 2, run
@@ -55,7 +56,8 @@ def test_testbed_study_runs_end_to_end_and_resumes(tmp_path):
     table = (out / "results.md").read_text()
     for needle in ("mean model (2 seeds)", "least-squares linear map (baseline)", "4 exact posterior samples (floor)",
                    "## Quantiles", "## Intervals with a guarantee", "`paper`", "`combined`, ema 0.999 weights",
-                   "PCA of 4 exact posterior samples"):
+                   "PCA of 4 exact posterior samples", "PC model on x - m(y) (m the same seed's mean model) (2 seeds)",
+                   "PC model on x - E[x|y] (the exact mean as its mean model) (2 seeds)"):
         assert needle in table, needle
     # with several seeds, each component's cell is the seeds' mean and range
     row = next(line for line in table.splitlines() if line.startswith("| mean model (2 seeds)"))
