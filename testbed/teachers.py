@@ -38,14 +38,17 @@ class TestbedTeacher(th.nn.Module):
                      "posterior_log_variance_clipped", "log_betas"):
             self.register_buffer(name, th.from_numpy(getattr(diffusion, name)), persistent=False)
         self.dtype = th.float32
-        self._posterior_mean = (None, None)  # (low_res, E[x | y]): a sampler passes the same low_res every step
+        self._posterior_mean = (None, -1, None)  # (low_res, its version, E[x | y])
 
     def posterior_mean(self, low_res):
-        """E[x | y] for the perturbation, computed once per low-res batch (not at every step)."""
-        cached_for, mean = self._posterior_mean
-        if cached_for is not low_res:
+        """
+        E[x | y] for the perturbation, computed once per low-res batch: a sampler passes the same
+        low_res tensor at every step (a new tensor, or this one changed in place, is recomputed).
+        """
+        cached_for, version, mean = self._posterior_mean
+        if cached_for is not low_res or version != low_res._version:
             mean = th.as_tensor(self.testbed.posterior_mean(low_res.double().cpu().numpy()), device=low_res.device)
-            self._posterior_mean = (low_res, mean)
+            self._posterior_mean = (low_res, low_res._version, mean)
         return mean
 
     def forward(self, x, timesteps, low_res=None, y=None):

@@ -174,6 +174,28 @@ def per_pixel_statistics(tb, samples, y, k):
     return Q, V, sd
 
 
+def test_perturbed_teacher_computes_the_posterior_mean_once_per_low_res(tiny):
+    """The robustness run's E[x | y]: the closed form, computed once for the steps of one low-res batch."""
+    diffusion = create_gaussian_diffusion(steps=1000, learn_sigma=True, timestep_respacing="10")
+    teacher = TestbedTeacher(tiny, diffusion, learn_sigma=True, perturbation=0.3)
+    calls = []
+    closed_form = tiny.posterior_mean
+    tiny.posterior_mean = lambda y: calls.append(1) or closed_form(y)
+    try:
+        x, _ = tiny.sample_prior(2, np.random.default_rng(0))
+        low_res = th.tensor(tiny.downsample(x), dtype=th.float32)
+        for t in diffusion.timestep_map[::4]:  # the base process's steps, as the sampler calls the model
+            out = teacher(th.randn(2, 3, 8, 8), th.full((2,), t), low_res=low_res)
+            assert out.shape == (2, 6, 8, 8) and th.isfinite(out).all()
+        np.testing.assert_allclose(teacher.posterior_mean(low_res).numpy(), closed_form(low_res.double().numpy()))
+        assert len(calls) == 1
+        low_res.mul_(0.5)  # the same tensor changed in place: recomputed
+        np.testing.assert_allclose(teacher.posterior_mean(low_res).numpy(), closed_form(low_res.double().numpy()))
+        assert len(calls) == 2
+    finally:
+        del tiny.posterior_mean
+
+
 @pytest.mark.parametrize("respacing", ["100", "10"])
 def test_exact_teacher_gives_exact_posterior_samples(respacing):
     """
