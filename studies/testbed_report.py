@@ -32,10 +32,34 @@ def quantile_levels(summary):
     return [k for k in summary if k not in ("ci95", "by_component", "num_images", "per_image", "step")]
 
 
-def final_rows(results, prefix):
-    """The last checkpoint's scores of the seed runs named {prefix}_s{seed}, in seed order."""
+def seed_runs(results, kind, on_exact_mean=False):
+    """
+    The names of the study recipe's runs of a kind, one per training seed, in seed order; for the
+    PC models, those on x - E[x|y] (on_exact_mean) or on x - m(y). Read from the study's run list:
+    the names are testbed_run's business.
+    """
+    recipe = results["config"]["recipe"]
+    runs = [r for r in results["runs"] if r["kind"] == kind and r["recipe"] == recipe
+            and (kind != "pc" or (r["mean"] == "exact") == on_exact_mean)]
+    return [r["name"] for r in sorted(runs, key=lambda r: r["seed"])]
+
+
+def ablation_runs(results):
+    """(recipe, run name) of the mean models of the other recipes (--ablations), in the run list's order."""
+    recipe = results["config"]["recipe"]
+    return [(r["recipe"], r["name"]) for r in results["runs"] if r["kind"] == "mean" and r["recipe"] != recipe]
+
+
+def model_runs(results, kind):
+    """The seed runs of a kind and, for the mean, the recipe ablations' runs: those that have scores."""
+    names = seed_runs(results, kind) + ([name for _, name in ablation_runs(results)] if kind == "mean" else [])
+    return [name for name in names if results["scores"].get(name)]
+
+
+def final_rows(results, kind, on_exact_mean=False):
+    """The last checkpoint's scores of seed_runs, in seed order."""
     scores = results["scores"]
-    return [scores[name][-1] for name in sorted(scores) if name.startswith(f"{prefix}_s") and scores[name]]
+    return [scores[name][-1] for name in seed_runs(results, kind, on_exact_mean) if scores.get(name)]
 
 
 def _seeds(rows):
@@ -215,24 +239,17 @@ def _calibration_section(results):
     return lines + [""]
 
 
-def pc_rows(scores, prefix):
-    """The last scores of the PC runs `prefix` (seed 0), `prefix`_s1, ... (testbed_run.pc_names), seed 0 first."""
-    tails = [name[len(prefix) + 2:] for name in scores if name.startswith(f"{prefix}_s")]
-    names = [prefix] + [f"{prefix}_s{seed}" for seed in sorted(int(t) for t in tails if t.isdigit())]
-    return [scores[name][-1] for name in names if scores.get(name)]
-
-
 def _pc_section(results):
-    refs, cfg, scores = results["references"], results["config"], results["scores"]
+    refs, cfg = results["references"], results["config"]
     k = cfg["num_pcs"]
     lines = ["## Posterior principal components", "",
              f"Top {k} directions against the exact Cov[x|y]: subspace overlap with the exact top {k} and captured "
              f"variance (sum of w^T Cov w over the sum of the top {k} eigenvalues), pooled [95% CI] and by "
              f"component.", "", "| estimate | overlap | captured variance | captured by component |",
              "|---|---|---|---|"]
-    for prefix, label in (("pc_exact_mean", "PC model on x - E[x|y] (the exact mean as its mean model)"),
-                          ("pc", "PC model on x - m(y) (m the same seed's mean model)")):
-        rows = pc_rows(scores, prefix)
+    for on_exact_mean, label in ((True, "PC model on x - E[x|y] (the exact mean as its mean model)"),
+                                 (False, "PC model on x - m(y) (m the same seed's mean model)")):
+        rows = final_rows(results, "pc", on_exact_mean)
         if rows:
             lines.append(f"| {label} ({_seeds(rows)}) | {seeds_cell(rows, ('overlap',), '.3f')} | "
                          f"{seeds_cell(rows, ('captured',), '.3f')} | {seeds_by_component(rows, ('captured',), '.3f')} |")
@@ -248,7 +265,7 @@ def _pc_section(results):
 
 def _recipe_section(results):
     scores, cfg = results["scores"], results["config"]
-    names = [(cfg["recipe"], "mean_s0")] + [(run[5:], run) for run in sorted(scores) if run.startswith("mean@")]
+    names = [(cfg["recipe"], run) for run in seed_runs(results, "mean")[:1]] + ablation_runs(results)
     names = [(r, run) for r, run in names if scores.get(run)]
     if len(names) < 2:
         return []
@@ -286,11 +303,6 @@ def _on_rows(rows_of_scores, rows, path):
     return [float(np.mean([_get(r["per_image"][i], path) for i in rows])) for r in rows_of_scores]
 
 
-def _teacher_runs(scores, prefix):
-    return [name for name in sorted(scores) if scores[name] and (name.startswith(f"{prefix}_s") or
-                                                                 (prefix == "mean" and name.startswith("mean@")))]
-
-
 def _teacher_section(results):
     teacher = results.get("teacher")
     if not teacher:
@@ -303,7 +315,7 @@ def _teacher_section(results):
              f"(the floor's relative MSE), a model's none.", "",
              "| estimate | relative MSE to E[x\\|y] | relative std error |", "|---|---|---|"]
     for prefix, path, _, _ in TEACHER_PANELS:
-        for name in _teacher_runs(scores, prefix):
+        for name in model_runs(results, prefix):
             value = _on_rows(scores[name][-1:], rows, path)[0]
             cells = (f"{value:.4f}", "–") if prefix == "mean" else ("–", f"{value:.4f}")
             lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
@@ -323,11 +335,11 @@ def teacher_figure(results, path):
     import matplotlib.pyplot as plt
 
     teacher, scores = results["teacher"], results["scores"]
-    panels = [p for p in TEACHER_PANELS if _teacher_runs(scores, p[0])]
+    panels = [p for p in TEACHER_PANELS if model_runs(results, p[0])]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.6), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (prefix, metric_path, key, title) in zip(axes[0], panels):
-        for name in _teacher_runs(scores, prefix):
+        for name in model_runs(results, prefix):
             rows = scores[name]
             ax.plot([r["step"] for r in rows], _on_rows(rows, teacher["rows"], metric_path),
                     "o-" if "@" not in name else ".--", lw=1, ms=3, label=name)
@@ -376,19 +388,20 @@ def convergence_figure(results, path):
                refs["baselines"]["var_quadratic"]),
               ("quantile", None, "quantile model: error in stds (middle level)", refs["mc_floor"]["quantile"],
                refs["baselines"]["quantile"])]
-    panels = [p for p in panels if any(name.startswith(f"{p[0]}_s") for name in scores)]  # the kinds trained
+    panels = [p for p in panels if seed_runs(results, p[0])]  # the kinds trained
     fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 4.4), squeeze=False)
     axes = axes[0]
     for ax, (prefix, path_, title, floor, base) in zip(axes, panels):
         if path_ is None:  # the middle quantile level
             levels = quantile_levels(floor)
             path_ = (levels[len(levels) // 2], "rel_error")
-        for name in sorted(scores):
-            other_weights = name.endswith(f":{prefix}_s0")  # seed 0's other weights (its EMA, or its raw ones)
-            if name.startswith(f"{prefix}_s") or (prefix == "mean" and name.startswith("mean@")) or other_weights:
-                rows = scores[name]
-                style = ".:" if other_weights else "o-" if "@" not in name else ".--"
-                ax.plot([r["step"] for r in rows], [_get(r, path_) for r in rows], style, lw=1, ms=3, label=name)
+        seed0 = seed_runs(results, prefix)[0]
+        ablations = {name for _, name in ablation_runs(results)}
+        other_weights = [name for name in sorted(scores) if name.endswith(f":{seed0}")]  # its EMA, or its raw ones
+        for name in model_runs(results, prefix) + other_weights:
+            rows = scores[name]
+            style = ".:" if name in other_weights else ".--" if name in ablations else "o-"
+            ax.plot([r["step"] for r in rows], [_get(r, path_) for r in rows], style, lw=1, ms=3, label=name)
         ax.axhline(_get(floor, path_), color="black", linestyle="--", label="exact samples (floor)")
         ax.axhline(_get(base, path_), color="tab:gray", linestyle=":", label="closed-form baseline")
         ax.set_xscale("log")

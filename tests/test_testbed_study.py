@@ -120,3 +120,27 @@ def test_a_recipe_study_trains_the_mean_models_alone(tmp_path):
     table = (out / "results.md").read_text()
     assert "## Training recipes of the mean model" in table and "## Intervals with a guarantee" not in table
     assert (out / "convergence.png").stat().st_size > 5_000
+
+
+
+def test_the_report_finds_each_kinds_runs_in_seed_order_from_the_run_list():
+    """The report reads which run is which from the study's run list: twelve seeds in number order."""
+    from argparse import Namespace
+
+    from studies.recipes import CHOSEN
+    from studies.testbed_report import ablation_runs, final_rows, model_runs, seed_runs
+    from studies.testbed_run import planned_runs
+
+    a = Namespace(seeds=12, recipe=CHOSEN, ablations=["paper"], kinds=["mean", "var"], num_pcs=2)
+    runs = [dict(name=r.name, kind=r.kind, recipe=r.recipe, seed=r.seed, mean=r.mean) for r in planned_runs(a)]
+    results = dict(config=dict(recipe=CHOSEN), runs=runs, scores={r["name"]: [{"step": 4, "name": r["name"]}]
+                                                                   for r in runs})
+    seeds = [f"_s{s}" for s in range(12)]
+    assert seed_runs(results, "mean") == [f"mean{s}" for s in seeds]
+    assert seed_runs(results, "var") == [f"var{s}" for s in seeds]
+    assert seed_runs(results, "pc") == ["pc"] + [f"pc{s}" for s in seeds[1:]]
+    assert seed_runs(results, "pc", on_exact_mean=True) == ["pc_exact_mean"] + [f"pc_exact_mean{s}" for s in seeds[1:]]
+    assert ablation_runs(results) == [("paper", "mean@paper")]
+    assert model_runs(results, "mean")[-1] == "mean@paper" and model_runs(results, "quantile") == []
+    del results["scores"]["pc_s3"]  # a run not scored yet is left out
+    assert [r["name"] for r in final_rows(results, "pc")] == ["pc"] + [f"pc{s}" for s in seeds[1:] if s != "_s3"]
