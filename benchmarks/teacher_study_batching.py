@@ -22,10 +22,10 @@ from testbed import CovarianceMixture
 
 
 def teacher_network(large_size, small_size):
-    """The study's teacher architecture with random weights, and its flags."""
+    """The study's teacher architecture with random weights, on this process's device, and its flags."""
     flags = teacher_model_flags(large_size, small_size)
     model, _ = sr_create_model_and_diffusion(**flags)
-    return model.eval(), flags
+    return model.to(dist_util.dev()).eval(), flags
 
 
 def main():

@@ -96,8 +96,9 @@ def sampled_moments(images, sampler, nfe, num_samples, batch_size, seed, eta=0.0
     own stream: (means, unbiased variances [N, C, H, W] of the uint8 samples, seconds per sample).
     The teacher is the testbed's (ideal, or "exact"), or with `network` = (model, flags) a
     trained DDPM-SR upsampler (sr_create_model_and_diffusion's model with its weights, in eval
-    mode, and the model and diffusion flags it was built from). It runs on this process's
-    device (its GPU when there is one: CUDA's random streams are not the CPU's); a batch of
+    mode on this process's device, and the model and diffusion flags it was built from; it is
+    not moved). It runs on this process's device (its GPU when there is one: CUDA's random
+    streams are not the CPU's); a batch of
     `batch_size` samples spans images, so that a GPU is not left idle by 100 samples of 32 px.
     """
     testbed = images.testbed
@@ -106,6 +107,8 @@ def sampled_moments(images, sampler, nfe, num_samples, batch_size, seed, eta=0.0
     if network is not None:
         (teacher, flags), name = network, sampler
         diffusion = diffusion_from_flags({**flags, "timestep_respacing": f"{spacing}{nfe}"})
+        if next(teacher.parameters()).device != device:
+            raise ValueError(f"the network is on {next(teacher.parameters()).device}, this process samples on {device}")
     else:
         diffusion = create_gaussian_diffusion(steps=1000, learn_sigma=True, noise_schedule="linear",
                                               timestep_respacing=f"{spacing}{nfe}")
@@ -113,7 +116,7 @@ def sampled_moments(images, sampler, nfe, num_samples, batch_size, seed, eta=0.0
             teacher, name = ExactTestbedTeacher(testbed, diffusion), "ancestral"
         else:
             teacher, name = TestbedTeacher(testbed, diffusion, learn_sigma=True, perturbation=perturbation), sampler
-    teacher = teacher.to(device)
+        teacher = teacher.to(device)
     class_cond = network is not None and network[1]["class_cond"]  # a testbed's class: its component
     low_res = area_downsample(to_float(images.uint8), testbed.params.small_size).to(device)
     jobs = [(i, s) for i in range(len(images.names)) for s in range(num_samples)]

@@ -32,7 +32,7 @@ from guided_diffusion.script_util import (
 )
 from imaging import area_downsample, to_float
 from runkit import UserError, logger
-from runkit.dist_util import cpu_name
+from runkit.dist_util import cpu_name, dev
 from runkit.fileio import atomic_write, cached_json, load_model_weights, load_pickle, save_json
 from runkit.training import ema_checkpoint_name, list_checkpoints, parse_resume_step_from_filename
 from sr_var.data import flatten_data_info, load_all_images, load_data_info, resolve_images
@@ -255,12 +255,15 @@ def teacher_steps(out, a):
 
 
 def load_teacher(out, a, step):
-    """(the teacher's network with its EMA weights at `step`, in eval mode, its model and diffusion flags)."""
+    """
+    (the teacher's network with its EMA weights at `step`, in eval mode on this process's device
+    (its GPU when there is one), its model and diffusion flags).
+    """
     flags = load_pickle(os.path.join(out, "logs", "teacher", "ddpm_sr_model_args.pkl"), what="DDPM-SR args pickle")
     model, _ = sr_create_model_and_diffusion(**flags)
     load_model_weights(model, os.path.join(out, "checkpoints", "teacher", ema_checkpoint_name(float(a.ema_rate), step)),
                        "out_dir", SR_FLAG_NAMES)
-    return model.eval(), flags
+    return model.to(dev()).eval(), flags
 
 
 def best_fast(trained, verdict):
