@@ -13,6 +13,7 @@ from imaging.metrics import paired_text
 from runkit.fileio import atomic_write
 from testbed.scoring import within_floor
 
+from .figures import pyplot, save_png
 from .sampler_run import KNOWN_BIASES, ROBUSTNESS, configuration_key
 
 # One H200, the seed's upsampler in fp16 + torch.compile at batch 10 (benchmarks/gpu_checks.sh, 2026-11-26).
@@ -156,10 +157,7 @@ def _robustness_table(results):
 
 def draw_figure(results, path, n, band):
     """Relative mean MSE, relative std error and variance ratio against NFE (log x); dashed: steps even in log-SNR."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     panels = (("rel_mse", "relative mean MSE vs E[x|y]"), ("rel_std_error", "relative std error vs Var[x|y]"),
               ("var_ratio", "variance / exact variance"))
@@ -190,5 +188,4 @@ def draw_figure(results, path, n, band):
     handles, labels = axes[2].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=8)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=80))
-    plt.close(fig)
+    save_png(fig, path)

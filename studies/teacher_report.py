@@ -13,6 +13,7 @@ from imaging import metrics
 from runkit.fileio import atomic_write
 from testbed.scoring import within_floor
 
+from .figures import pyplot, save_png
 from .sampler_report import CRITERION, paired_cell, recommend, verdicts, write_tables
 
 METRICS = (("rel_mse", "relative mean MSE"), ("rel_std_error", "relative std error"), ("var_ratio", "variance ratio"))
@@ -264,18 +265,9 @@ def _cost_lines(results):
     return lines
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def error_figure(results, path, n, band):
     """Each metric against NFE per image: trained (solid) and ideal (dashed) teacher, exact teacher, floor, models."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
     final = str(results["final_step"])
     floor = results["references"]["mc_floor"]["summary"]
@@ -308,13 +300,12 @@ def error_figure(results, path, n, band):
     handles, labels = axes[2].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8)
     fig.tight_layout(rect=(0, 0.16, 1, 1))
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=80))
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def curve_figure(results, path, n):
     """Each metric against the teacher's training step, for the paper's protocol and the best fast sampler."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
     floor = results["references"]["mc_floor"]["summary"]
     steps = sorted(int(s) for s in results["trained"])
@@ -341,5 +332,4 @@ def curve_figure(results, path, n):
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=80))
-    plt.close(fig)
+    save_png(fig, path)

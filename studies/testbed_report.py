@@ -13,6 +13,7 @@ import numpy as np
 from imaging import metrics
 from runkit.fileio import atomic_write
 
+from .figures import pyplot, save_png
 from .recipes import RECIPES
 
 
@@ -329,10 +330,7 @@ def _teacher_section(results):
 
 def teacher_figure(results, path):
     """The models' error against training step on the teacher study's images; the teacher's sample sets as lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     teacher, scores = results["teacher"], results["scores"]
     panels = [p for p in TEACHER_PANELS if model_runs(results, p[0])]
@@ -355,8 +353,7 @@ def teacher_figure(results, path):
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=6)
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=80))
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def _cost_section(results):
@@ -376,10 +373,7 @@ def _cost_section(results):
 
 def convergence_figure(results, path):
     """Error against training step (log-log) per kind, every seed, with the floor and the baseline."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     refs, scores = results["references"], results["scores"]
     panels = [("mean", ("rel_mse",), "mean model: relative MSE to E[x|y]", refs["mc_floor"]["mean"],
@@ -411,8 +405,7 @@ def convergence_figure(results, path):
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=6)
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=80))
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def direction_figure(models, images, path, count=3):
@@ -420,10 +413,7 @@ def direction_figure(models, images, path, count=3):
     The exact top `count` principal directions of one held-out image beside the final PC models'
     first `count`: one row each, every direction grey = 0 and scaled to its largest value.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     exact, _ = images.covariance(0).top(count)
     rows = [("exact Cov[x|y]", exact.reshape(count, *images.uint8.shape[2:], -1))]
@@ -442,8 +432,7 @@ def direction_figure(models, images, path, count=3):
                 axes[r][k].set_title(f"w_{k + 1}", fontsize=9)
         axes[r][0].set_ylabel(label, fontsize=7)
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=80))
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def interval_figure(models, images, levels, path, image=None):
@@ -452,10 +441,7 @@ def interval_figure(models, images, levels, path, image=None):
     true image, the exact posterior's quantiles at `levels` (its outer ones shaded), and the
     final seed-0 quantile model's; beside them the width maps (outer levels) of both.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     run = models.runs.get("quantile_s0")
     if run is None:
@@ -486,5 +472,4 @@ def interval_figure(models, images, levels, path, image=None):
         a.set_xticks([])
         a.set_yticks([])
     fig.colorbar(im, ax=[ax_exact, ax_model], shrink=0.8, label="grey levels")
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=80))
-    plt.close(fig)
+    save_png(fig, path)
